@@ -1,0 +1,227 @@
+"""Replay options: declared once (flag + ini twin), resolved once into a frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .store import DEFAULT_ROOT, STORE_ENV
+
+PROFILERS = ("auto", "py-spy", "pyinstrument")
+ESTIMATORS = ("median", "mean", "min")
+GC_POLICIES = ("collect", "disable", "enable")
+
+
+def _fraction(value: str) -> float:
+    text = value.strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number or a percentage such as '1%'") from None
+    if not 0 < number < 1:
+        raise ValueError(f"{value!r} must be between 0 and 1 (exclusive), e.g. 0.01 or '1%'")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise ValueError(f"{value!r} must be >= 1")
+    return number
+
+
+def _seconds(value: str) -> float:
+    text = value.strip()
+    scale = 1.0
+    for suffix, factor in (("ms", 1e-3), ("s", 1.0), ("m", 60.0)):
+        if text.endswith(suffix):
+            text, scale = text[: -len(suffix)], factor
+            break
+    try:
+        number = float(text) * scale
+    except ValueError:
+        raise ValueError(f"{value!r} is not a duration such as '10', '10s' or '500ms'") from None
+    if number <= 0:
+        raise ValueError(f"{value!r} must be a positive duration")
+    return number
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _flag(value: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str  # without the --perf-replay- prefix
+    help: str
+    default: str | None
+    parse: Callable[[str], Any]
+    flag: bool = False  # store_true on the command line
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option(
+        "store", f"snapshot store: a folder (default ${STORE_ENV} or {DEFAULT_ROOT})", None, str
+    ),
+    _Option("precision", "target precision: CI half-width / estimate", "0.01", _fraction),
+    _Option("confidence", "confidence level of the interval", "0.95", _fraction),
+    _Option("estimator", "estimate to report: median, mean or min", "median", _choice(ESTIMATORS)),
+    _Option("max-time", "time budget per snapshot, seconds (e.g. 10, 500ms)", "10", _seconds),
+    _Option("min-rounds", "rounds before precision is first checked", "10", _positive_int),
+    _Option("max-rounds", "round cap per snapshot", "10000", _positive_int),
+    _Option(
+        "gc",
+        "GC policy: collect (before each round), disable (during it), enable",
+        "collect",
+        _choice(GC_POLICIES),
+    ),
+    _Option("strict", "fail an item whose precision target was missed", "false", _flag, True),
+    _Option(
+        "allow-unsigned",
+        "load unsigned snapshots (only from a source you trust)",
+        "false",
+        _flag,
+        True,
+    ),
+    _Option(
+        "no-result-check", "do not compare results with the captured ones", "false", _flag, True
+    ),
+    _Option("profile-rate", "profiler sampling rate, Hz", "500", _positive_int),
+    _Option("profile-samples", "minimum samples per profile", "1000", _positive_int),
+)
+
+
+def _ini_name(name: str) -> str:
+    return "perf_replay_" + name.replace("-", "_")
+
+
+def _dest(name: str) -> str:
+    return "perf_replay_" + name.replace("-", "_")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("perfreplay", "pytest-perfreplay: replay captured calls")
+    group.addoption(
+        "--perf-replay",
+        action="store_true",
+        dest="perf_replay",
+        default=False,
+        help="turn every captured snapshot into a benchmark item",
+    )
+    group.addoption(
+        "--perf-replay-profile",
+        dest="perf_replay_profile",
+        nargs="?",
+        const="auto",
+        default=None,
+        choices=PROFILERS,
+        help="after timing, profile each snapshot to a speedscope file "
+        "(auto: py-spy, falling back to pyinstrument)",
+    )
+    parser.addini("perf_replay_profile", "profiler to use when profiling is on", default=None)
+    for opt in OPTIONS:
+        flag = f"--perf-replay-{opt.name}"
+        if opt.flag:
+            group.addoption(
+                flag, action="store_true", dest=_dest(opt.name), default=None, help=opt.help
+            )
+        else:
+            group.addoption(
+                flag,
+                dest=_dest(opt.name),
+                default=None,
+                help=f"{opt.help} (default: {opt.default})",
+            )
+        parser.addini(_ini_name(opt.name), opt.help, default=opt.default)
+
+
+def _value(config: pytest.Config, opt: _Option) -> Any:
+    raw = config.getoption(_dest(opt.name))
+    source = f"--perf-replay-{opt.name}"
+    if raw is None:
+        raw = config.getini(_ini_name(opt.name))
+        source = f"ini option {_ini_name(opt.name)}"
+    if raw is None:
+        return None
+    if opt.flag and isinstance(raw, bool):
+        return raw
+    try:
+        return opt.parse(str(raw))
+    except ValueError as exc:
+        raise pytest.UsageError(f"{source}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    enabled: bool
+    store: Path
+    precision: float
+    confidence: float
+    estimator: str
+    max_time: float
+    min_rounds: int
+    max_rounds: int
+    gc: str
+    strict: bool
+    allow_unsigned: bool
+    check_result: bool
+    profiler: str | None
+    profile_rate: int
+    profile_samples: int
+
+    @classmethod
+    def from_pytest(cls, config: pytest.Config) -> ReplayConfig:
+        v = {opt.name: _value(config, opt) for opt in OPTIONS}
+        profiler = config.getoption("perf_replay_profile") or config.getini("perf_replay_profile")
+        if profiler and profiler not in PROFILERS:
+            raise pytest.UsageError(
+                f"perf_replay_profile: {profiler!r} is not one of {', '.join(PROFILERS)}"
+            )
+        store = v["store"] or os.environ.get(STORE_ENV) or DEFAULT_ROOT
+        store_path = Path(store)
+        if not store_path.is_absolute():
+            store_path = Path(config.rootpath) / store_path
+        if v["min-rounds"] > v["max-rounds"]:
+            raise pytest.UsageError(
+                f"--perf-replay-min-rounds ({v['min-rounds']}) is larger than "
+                f"--perf-replay-max-rounds ({v['max-rounds']})"
+            )
+        return cls(
+            enabled=bool(config.getoption("perf_replay")),
+            store=store_path,
+            precision=v["precision"],
+            confidence=v["confidence"],
+            estimator=v["estimator"],
+            max_time=v["max-time"],
+            min_rounds=v["min-rounds"],
+            max_rounds=v["max-rounds"],
+            gc=v["gc"],
+            strict=bool(v["strict"]),
+            allow_unsigned=bool(v["allow-unsigned"]),
+            check_result=not v["no-result-check"],
+            profiler=profiler or None,
+            profile_rate=v["profile-rate"],
+            profile_samples=v["profile-samples"],
+        )

@@ -1,0 +1,84 @@
+"""pytest hooks only: options, collection, the summary. The work lives in items.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from . import hookspecs
+from .capture import configure as configure_capture
+from .config import ReplayConfig, add_options
+from .items import ReplaySession, SnapshotCollector, SnapshotItem
+from .report import header_line, summary_lines
+from .store import Store
+
+_STATE = pytest.StashKey[ReplaySession]()
+
+
+def replay_session(config: pytest.Config) -> ReplaySession | None:
+    return config.stash.get(_STATE, None)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "perfreplay: a benchmark item replayed from a snapshot")
+    cfg = ReplayConfig.from_pytest(config)
+    if not cfg.enabled:
+        return
+    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        raise pytest.UsageError(
+            "--perf-replay times code, and pytest-xdist would run timings in parallel and "
+            "skew them; run without -n (or with -p no:xdist)"
+        )
+    configure_capture(enabled=False)  # replaying must never capture again
+    state = ReplaySession(config=cfg, store=Store(cfg.store))
+    config.stash[_STATE] = state
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # `pytest --perf-replay` with no paths runs only the snapshots, not the test suite.
+    state = replay_session(config)
+    if state is not None and not config.args_source == pytest.Config.ArgsSource.ARGS:
+        return True
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    # tryfirst: snapshot items must exist before -k, -m and --lf filter the list.
+    state = replay_session(config)
+    if state is None:
+        return
+    collector = SnapshotCollector.from_parent(
+        session, name="perfreplay", nodeid="perfreplay", replay=state
+    )
+    items.extend(collector.collect())
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    state = replay_session(config)
+    if state is None:
+        return None
+    return header_line(state, len(state.store.snapshot_paths()))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    state = replay_session(terminalreporter.config)
+    if state is None or not state.outcomes:
+        return
+    terminalreporter.section("perfreplay")
+    for line in summary_lines(state, Path.cwd()):
+        terminalreporter.write_line(line)
+
+
+__all__ = ["SnapshotItem", "replay_session"]

@@ -1,0 +1,176 @@
+"""Load a verified snapshot and drive today's code with it: sync or async, fresh arguments."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .capture import unwrap_capture
+from .errors import SnapshotError
+from .snapshot import Keyring, Snapshot, code_hash, inspect_unwrap, python_minor, verify
+
+GcPolicy = str  # "collect" | "disable" | "enable"; validated by rounds.RoundPolicy
+
+
+def read_snapshot(path: Path, *, keyring: Keyring | None, allow_unsigned: bool = False) -> Snapshot:
+    """Read and verify a snapshot file; raises SnapshotError with a readable reason."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SnapshotError(f"cannot read: {exc.strerror or exc}", path=str(path)) from None
+    return verify(data, keyring=keyring, allow_unsigned=allow_unsigned, path=str(path))
+
+
+def resolve_target(target: str) -> Callable[..., Any]:
+    """``pkg.mod:Class.meth`` -> the plain function in *today's* code.
+
+    Static and class methods resolve to their underlying function, since the captured
+    arguments already hold ``cls`` (or nothing) in first position.
+    """
+    module_name, sep, qualname = target.partition(":")
+    if not sep or not module_name or not qualname:
+        raise SnapshotError(f"target {target!r} is not of the form 'module:qualname'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SnapshotError(
+            f"cannot import module {module_name!r} for target {target}: {exc}. Run pytest "
+            "where that module is importable (check PYTHONPATH / the installed package)."
+        ) from None
+    for part in qualname.split("."):
+        if part == "<locals>":
+            raise SnapshotError(
+                f"target {target} is a nested function, which cannot be resolved by name; "
+                "move it to module level to replay it"
+            )
+        try:
+            nxt = inspect.getattr_static(obj, part)
+        except AttributeError:
+            raise SnapshotError(
+                f"{target}: {part!r} no longer exists in {getattr(obj, '__name__', obj)!r} "
+                "(renamed or removed since capture?)"
+            ) from None
+        if isinstance(nxt, (staticmethod, classmethod)):
+            nxt = nxt.__func__
+        obj = nxt
+    if not callable(obj):
+        raise SnapshotError(f"target {target} resolved to a non-callable {type(obj).__name__}")
+    return unwrap_capture(obj)  # type: ignore[no-any-return]
+
+
+def code_changed(snapshot: Snapshot, func: Callable[..., Any]) -> bool | None:
+    captured = snapshot.header.get("code_hash")
+    if not captured:
+        return None
+    return code_hash(func) != captured
+
+
+def python_mismatch(snapshot: Snapshot) -> str | None:
+    import platform
+
+    captured = (snapshot.header.get("versions") or {}).get("python")
+    if isinstance(captured, str) and python_minor(captured) != python_minor(
+        platform.python_version()
+    ):
+        return (
+            f"captured on Python {captured}, replaying on {platform.python_version()}: pickles "
+            "are only reliable within one minor version"
+        )
+    return None
+
+
+@dataclass
+class CallOutcome:
+    ok: bool
+    value: Any  # the return value, or the exception raised
+
+
+@dataclass
+class Replayer:
+    """Runs one snapshot's call against a target: fresh arguments for every call."""
+
+    snapshot: Snapshot
+    func: Callable[..., Any]
+    bindings: Mapping[str, Any] = field(default_factory=dict)
+    gc_policy: GcPolicy = "collect"
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(
+            inspect_unwrap(self.func)
+        ) or inspect.iscoroutinefunction(self.func)
+
+    def fresh_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return self.snapshot.load_call(self.bindings)
+
+    def _loop_get(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One untimed call (used for the result check and the profiling pass)."""
+        if self.is_async:
+            return self._loop_get().run_until_complete(self.func(*args, **kwargs))
+        return self.func(*args, **kwargs)
+
+    def measure(self) -> float:
+        """One round: unpickle fresh arguments (untimed), then time only the call."""
+        args, kwargs = self.fresh_args()
+        if self.gc_policy == "collect":
+            gc.collect()
+        disable = self.gc_policy == "disable" and gc.isenabled()
+        if disable:
+            gc.disable()
+        try:
+            if self.is_async:
+                return self._loop_get().run_until_complete(self._timed_async(args, kwargs))
+            func = self.func
+            t0 = time.perf_counter_ns()
+            func(*args, **kwargs)
+            return (time.perf_counter_ns() - t0) / 1e9
+        finally:
+            if disable:
+                gc.enable()
+
+    async def _timed_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+        # Timed inside the loop so that only the awaited call counts, not loop scheduling.
+        coro = self.func(*args, **kwargs)
+        t0 = time.perf_counter_ns()
+        await coro
+        return (time.perf_counter_ns() - t0) / 1e9
+
+    def first_call(self) -> tuple[CallOutcome, bool]:
+        """Call once; return the outcome and whether the call mutated its arguments."""
+        from .snapshot import dumps
+
+        args, kwargs = self.fresh_args()
+        before = _digest(dumps((args, kwargs)).data)
+        try:
+            outcome = CallOutcome(True, self.call(args, kwargs))
+        except Exception as exc:
+            outcome = CallOutcome(False, exc)
+        try:
+            mutated = _digest(dumps((args, kwargs)).data) != before
+        except Exception:
+            mutated = True  # the call left the arguments unpicklable: certainly changed
+        return outcome, mutated
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
