@@ -45,13 +45,23 @@ def main() -> None:
     env.pop("PERFREPLAY_CAPTURE", None)
     py = sys.executable
     replay = [
-        py, "-m", "pytest", "--perf-replay", "--perf-replay-profile",
-        f"--perf-replay-max-time={args.max_time}", "-p", "no:cacheprovider", "-q",
+        py,
+        "-m",
+        "pytest",
+        "--perf-replay",
+        "--perf-replay-profile",
+        f"--perf-replay-max-time={args.max_time}",
+        "-p",
+        "no:cacheprovider",
+        "-q",
     ]
 
     print("== 1. capture: simulated production traffic with PERFREPLAY_CAPTURE=1")
-    run([py, "-m", "ci_service.traffic", f"--requests={args.requests}"], work,
-        dict(env, PERFREPLAY_CAPTURE="1"))
+    run(
+        [py, "-m", "ci_service.traffic", f"--requests={args.requests}"],
+        work,
+        dict(env, PERFREPLAY_CAPTURE="1"),
+    )
 
     print("\n== 2. replay and profile (iteration 1: the code as captured)")
     run(replay, work, env)

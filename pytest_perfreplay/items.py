@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from . import __version__, speedscope
+from . import __version__
 from .config import ReplayConfig
 from .errors import PerfReplayError, SnapshotError
 from .history import Entry, Ledger, bounded, git_state, now
@@ -27,9 +27,9 @@ from .replay import (
 )
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
-from .snapshot import Header, Snapshot, inspect_unwrap, read_header
+from .snapshot import Header, Snapshot, read_header
 from .stats import Comparison, compare
-from .store import Store, target_slug
+from .store import Store
 
 
 class ReplayFailure(PerfReplayError):
@@ -126,7 +126,7 @@ class SnapshotItem(pytest.Function):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, (PerfReplayError, ResultMismatch)):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
+        return super().repr_failure(excinfo)
 
     @property
     def session_state(self) -> ReplaySession:
@@ -302,9 +302,7 @@ class SnapshotItem(pytest.Function):
 
         def on_progress(p: Progress) -> None:
             if p.elapsed >= 2.0:
-                write(
-                    f"{self.name}: {p.rounds} rounds, ±{p.precision:.2%} after {p.elapsed:.0f} s"
-                )
+                write(f"{self.name}: {p.rounds} rounds, ±{p.precision:.2%} after {p.elapsed:.0f} s")
 
         return on_progress
 
@@ -345,44 +343,29 @@ class SnapshotItem(pytest.Function):
         snapshot: Snapshot,
         func: Callable[..., Any],
         previous: list[Entry],
-    ) -> int:
-        from . import profiling
+    ) -> int | None:
+        from .profiling import PassSettings, run_profile_pass
 
         assert outcome.rounds is not None
-        code = getattr(inspect_unwrap(func), "__code__", None)
-        qualname = getattr(code, "co_qualname", None) or getattr(func, "__qualname__", "")
-        out = (
-            state.store.profiles_dir
-            / target_slug(snapshot.header.target)
-            / f"{outcome.iteration:04d}-{snapshot.id}.speedscope.json"
-        )
-        def call_once() -> None:
-            args, kwargs = replayer.fresh_args()  # unpickling falls outside the focused frames
-            try:
-                replayer.call(args, kwargs)
-            except Exception:
-                pass  # the result check already reported a failing call
-
-        request = profiling.ProfileRequest(
+        settings = PassSettings(
             profiler=cfg.profiler or "auto",
             rate=cfg.profile_rate,
             min_samples=cfg.profile_samples,
-            name=f"{snapshot.header.target} [{snapshot.id}]",
-            exporter=f"pytest-perfreplay@{__version__}",
-            focus=speedscope.focus_on(qualname, getattr(func, "__module__", None)),
-            is_async=replayer.is_async,
+            profiles_dir=state.store.profiles_dir,
         )
-        try:
-            result = profiling.profile(call_once, outcome.rounds.interval.estimate, out, request)
-        except Exception as exc:
-            outcome.notes.append(f"profiling failed: {exc}")
-            return 0
-        outcome.profile_path = result.path
-        if result.fallback_reason:
-            outcome.notes.append(result.fallback_reason)
-        summary = speedscope.summarize(result.document, top=5)
-        outcome.profile_lines = summary.lines()
-        return result.calls
+        done = run_profile_pass(
+            replayer,
+            func,
+            snapshot,
+            iteration=outcome.iteration,
+            median=outcome.rounds.interval.estimate,
+            settings=settings,
+            previous=previous[-1] if previous else None,
+        )
+        outcome.profile_path = done.path
+        outcome.profile_lines = done.lines
+        outcome.notes.extend(done.notes)
+        return done.calls
 
 
 def _compare(entry: Entry, result: RoundsResult, cfg: ReplayConfig) -> Comparison | None:

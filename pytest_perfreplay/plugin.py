@@ -46,7 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     # `pytest --perf-replay` with no paths runs only the snapshots, not the test suite.
     state = replay_session(config)
-    if state is not None and not config.args_source == pytest.Config.ArgsSource.ARGS:
+    if state is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
         return True
     return None
 

@@ -69,7 +69,7 @@ def code_changed(snapshot: Snapshot, func: Callable[..., Any]) -> bool | None:
     captured = snapshot.header.get("code_hash")
     if not captured:
         return None
-    return code_hash(func) != captured
+    return bool(code_hash(func) != captured)
 
 
 def python_mismatch(snapshot: Snapshot) -> str | None:

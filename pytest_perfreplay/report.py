@@ -24,7 +24,8 @@ def header_line(state: ReplaySession, count: int) -> str:
 
 
 def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
-    lines = [f"{o.target} [{o.snapshot_id}]" + (f"  iteration {o.iteration}" if o.iteration else "")]
+    title = f"{o.target} [{o.snapshot_id}]"
+    lines = [title + (f"  iteration {o.iteration}" if o.iteration else "")]
     if o.error:
         lines.append(f"  FAILED: {o.error}")
     r = o.rounds

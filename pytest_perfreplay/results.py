@@ -40,7 +40,7 @@ def values_equal(expected: Any, actual: Any, rel: float = 1e-9, abs_: float = 0.
         )
     if isinstance(expected, (list, tuple)) and type(expected) is type(actual):
         return len(expected) == len(actual) and all(
-            values_equal(e, a, rel, abs_) for e, a in zip(expected, actual)
+            values_equal(e, a, rel, abs_) for e, a in zip(expected, actual, strict=True)
         )
     try:
         return bool(expected == actual)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-SERVICE = '''
+SERVICE = """
 import asyncio
 import time
 
@@ -28,15 +28,15 @@ def checksum(values):
 async def fetch_and_merge(keys):
     await asyncio.sleep(0.010)  # ~10 ms of awaited work: what replay must measure
     return sorted(keys)
-'''
+"""
 
-TRAFFIC = '''
+TRAFFIC = """
 import asyncio
 import svc
 
 svc.checksum(list(range(20_000)))
 asyncio.run(svc.fetch_and_merge(["b", "a", "c"]))
-'''
+"""
 
 
 def capture_traffic(pytester: pytest.Pytester) -> None:
@@ -102,7 +102,9 @@ def test_profile_pass_writes_valid_speedscope(
         "no:cacheprovider",
     )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*profile: .perfreplay/profiles/svc-checksum/0001-*.speedscope.json"])
+    result.stdout.fnmatch_lines(
+        ["*profile: .perfreplay/profiles/svc-checksum/0001-*.speedscope.json"]
+    )
     (path,) = (pytester.path / ".perfreplay" / "profiles").glob("*/*.speedscope.json")
     doc = json.loads(path.read_text())
     assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"

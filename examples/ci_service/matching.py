@@ -36,9 +36,7 @@ async def disambiguate_pull_requests(
             candidates = [pr for pr in pull_requests if run.head_sha in pr.commits]
         if not candidates:
             branch = normalize_branch(run.head_branch)
-            candidates = [
-                pr for pr in pull_requests if normalize_branch(pr.head_branch) == branch
-            ]
+            candidates = [pr for pr in pull_requests if normalize_branch(pr.head_branch) == branch]
         if len(candidates) > 1:
             candidates.sort(key=lambda pr: abs(pr.updated_at - run.started_at))
         matches[run.id] = candidates[0].number if candidates else None

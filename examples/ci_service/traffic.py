@@ -18,7 +18,9 @@ def _sha(rng: random.Random) -> str:
     return f"{rng.getrandbits(160):040x}"
 
 
-def generate(rng: random.Random, n_prs: int, n_runs: int) -> tuple[list[CheckRun], list[PullRequest]]:
+def generate(
+    rng: random.Random, n_prs: int, n_runs: int
+) -> tuple[list[CheckRun], list[PullRequest]]:
     prs = []
     for number in range(1, n_prs + 1):
         commits = [_sha(rng) for _ in range(rng.randint(1, 12))]

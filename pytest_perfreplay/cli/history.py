@@ -12,15 +12,19 @@ from ..store import Store, target_slug
 def register(sub: Any) -> None:
     p = sub.add_parser("history", help="the iteration table of the loop for a target")
     p.add_argument("target", help="module:qualname, or a snapshot id")
-    p.add_argument("--store", default=None, help="store folder (default $PERFREPLAY_STORE or .perfreplay)")
+    p.add_argument(
+        "--store", default=None, help="store folder (default $PERFREPLAY_STORE or .perfreplay)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     store = Store.from_env(args.store)
     folder = store.history_dir / target_slug(args.target)
-    ledgers = sorted(folder.glob("*.jsonl")) if folder.is_dir() else sorted(
-        store.history_dir.glob(f"*/{args.target}.jsonl")
+    ledgers = (
+        sorted(folder.glob("*.jsonl"))
+        if folder.is_dir()
+        else sorted(store.history_dir.glob(f"*/{args.target}.jsonl"))
     )
     if not ledgers:
         print(f"no history for {args.target!r} under {store.history_dir}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -120,3 +121,68 @@ def profile(
         document=doc,
         fallback_reason=fallback,
     )
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    profiler: str
+    rate: int
+    min_samples: int
+    profiles_dir: Path
+
+
+@dataclass
+class PassOutcome:
+    """What the profiling pass reports back to the item and the terminal summary."""
+
+    path: Path | None
+    calls: int | None
+    lines: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_profile_pass(
+    replayer: Any,
+    func: Callable[..., Any],
+    snapshot: Any,
+    *,
+    iteration: int,
+    median: float,
+    settings: PassSettings,
+    previous: Any | None = None,
+) -> PassOutcome:
+    """Profile one snapshot after its timing: write the file, summarize it, never raise."""
+    from .. import __version__
+    from ..snapshot import inspect_unwrap
+    from ..store import target_slug
+
+    target = snapshot.header.target
+    code = getattr(inspect_unwrap(func), "__code__", None)
+    qualname = str(getattr(code, "co_qualname", None) or getattr(func, "__qualname__", ""))
+    out = (
+        settings.profiles_dir
+        / target_slug(target)
+        / f"{iteration:04d}-{snapshot.id}.speedscope.json"
+    )
+
+    def call_once() -> None:
+        args, kwargs = replayer.fresh_args()  # unpickling falls outside the focused frames
+        with contextlib.suppress(Exception):  # the result check reported failing calls
+            replayer.call(args, kwargs)
+
+    request = ProfileRequest(
+        profiler=settings.profiler,
+        rate=settings.rate,
+        min_samples=settings.min_samples,
+        name=f"{target} [{snapshot.id}]",
+        exporter=f"pytest-perfreplay@{__version__}",
+        focus=speedscope.focus_on(qualname, getattr(func, "__module__", None)),
+        is_async=replayer.is_async,
+    )
+    try:
+        result = profile(call_once, median, out, request)
+    except Exception as exc:
+        return PassOutcome(path=None, calls=None, notes=[f"profiling failed: {exc}"])
+    notes = [result.fallback_reason] if result.fallback_reason else []
+    lines = speedscope.summarize(result.document, top=5).lines()
+    return PassOutcome(path=result.path, calls=result.calls, lines=lines, notes=notes)
