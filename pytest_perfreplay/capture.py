@@ -1,32 +1,58 @@
 """``@capture``: keep the arguments of real calls as signed snapshots.
 
 This module runs inside production services. It imports only the standard library,
-cloudpickle and our own snapshot/store modules; never pytest or a profiler. Nothing in
-it may change what the decorated function returns or raises.
+cloudpickle and our own snapshot/store/redact modules; never pytest or a profiler.
+Nothing in it may change what the decorated function returns or raises:
+
+* off unless enabled (``PERFREPLAY_CAPTURE=1`` or ``configure(enabled=True)``); when off
+  at decoration time the function comes back untouched;
+* enabled but not sampled: one flag test and one ``random()`` comparison, nothing else;
+* sampled: the arguments are scrubbed and pickled *before* the call (bounded by
+  ``max_bytes``), the call is timed, and the snapshot is written only if the call was
+  slow enough and slower than the fastest one the target's quota already keeps;
+* every failure inside capture is contained and counted; logging is rate-bounded; disk
+  full, a read-only store or repeated failures turn capture off for the process.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import importlib
+import importlib.abc
+import importlib.machinery
 import inspect
 import logging
+import math
 import os
 import random
+import sys
 import threading
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from .redact import (
+    RedactionError,
+    Redactor,
+    RedactSpec,
+    denied_positions,
+    parameter_names,
+    scrub_call,
+)
 from .snapshot import (
     Keyring,
     PayloadTooLarge,
     code_hash,
     dumps,
-    encode,
+    encode_parts,
     host_name,
     new_snapshot_id,
+    placeholder_is_auto,
     runtime_versions,
 )
 from .store import Store
@@ -34,9 +60,17 @@ from .store import Store
 log = logging.getLogger("pytest_perfreplay.capture")
 
 CAPTURE_ENV = "PERFREPLAY_CAPTURE"
+TARGETS_ENV = "PERFREPLAY_TARGETS"
+COMMIT_ENVS = (
+    "PERFREPLAY_GIT_COMMIT",
+    "GIT_COMMIT",
+    "GITHUB_SHA",
+    "CI_COMMIT_SHA",
+    "SOURCE_COMMIT",
+)
 F = TypeVar("F", bound=Callable[..., Any])
 
-_FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES})
+_FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
 _MAX_FAILURES = 20
 _LOG_EVERY = 100  # after the first few, log one failure in this many
 
@@ -50,24 +84,45 @@ class _State:
     """Process-wide capture state. ``active`` is the one flag the hot path reads."""
 
     active: bool = field(default_factory=_env_enabled)
-    store: Store | None = None
+    store: Any = None  # a local Store, or a remote one (duck-typed: write_snapshot/accepts)
     keyring: Keyring | None = None
+    fsync: bool = False
     disabled_reason: str | None = None
     failures: int = 0
     captured: int = 0
-    skipped: int = 0
+    replaced: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
     pid: int = field(default_factory=os.getpid)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get_store(self) -> Store:
+    def get_store(self) -> Any:
         if self.store is None:
-            self.store = Store.from_env()
+            self.store = _open_store(os.environ.get("PERFREPLAY_STORE") or None)
         return self.store
 
-    def get_keyring(self) -> Keyring | None:
+    def get_keyring(self) -> Keyring:
         if self.keyring is None:
-            self.keyring = self.get_store().keyring(create=True)
+            keyring = self.get_store().keyring(create=True)
+            if keyring is None or keyring.signing is None:
+                raise RuntimeError(
+                    "no signing key: set PERFREPLAY_KEY (PERFREPLAY_VERIFY_KEYS only verifies)"
+                )
+            self.keyring = keyring
         return self.keyring
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def _open_store(where: str | os.PathLike[str] | None) -> Any:
+    """A local Store for paths; URLs (``s3://``...) go to the remote store, imported lazily."""
+    if where is None:
+        return Store.from_env()
+    if "://" in os.fspath(where) and not os.fspath(where).startswith("file://"):
+        from .remote import open_store  # fsspec is only imported for remote stores
+
+        return open_store(where)
+    return Store(Path(os.fspath(where).removeprefix("file://")))
 
 
 _STATE = _State()
@@ -79,6 +134,8 @@ def _after_fork_in_child() -> None:
     _STATE.lock = threading.Lock()
     _STATE.pid = os.getpid()
     _local.__dict__.clear()
+    if isinstance(_STATE.store, Store):
+        _STATE.store.after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -87,48 +144,80 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def configure(
     *,
     enabled: bool | None = None,
-    store: str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | Store | None = None,
     key: str | bytes | None = None,
-    verify_keys: tuple[str | bytes, ...] = (),
+    verify_keys: Sequence[str | bytes] = (),
+    targets: Iterable[str] | Mapping[str, Mapping[str, Any]] | None = None,
+    budget_bytes: int | None | object = ...,
+    fsync: bool | None = None,
 ) -> None:
-    """Set capture up at start-up. Decorate (import) after enabling, or nothing is captured."""
+    """Set capture up at start-up; decorate (import) after enabling, or use ``force=True``.
+
+    ``targets`` patches functions by dotted name (``"pkg.mod:Class.method"``), like
+    ``PERFREPLAY_TARGETS``; a mapping gives each target its ``capture`` options.
+    ``budget_bytes`` caps the whole store (``None``: no cap). ``fsync=True`` makes each
+    snapshot durable before it becomes visible (costs a disk flush per snapshot).
+    """
+    if store is not None:
+        _STATE.store = store if isinstance(store, Store) else _open_store(store)
+        _STATE.keyring = None
+    if budget_bytes is not ...:
+        if budget_bytes is not None and not isinstance(budget_bytes, int):
+            raise TypeError(f"budget_bytes must be an int or None, got {budget_bytes!r}")
+        current = _STATE.get_store()
+        if isinstance(current, Store):
+            _STATE.store = Store(root=current.root, budget_bytes=budget_bytes)
+    if key is not None or verify_keys:
+        secret = key.encode() if isinstance(key, str) else key
+        extra = [k.encode() if isinstance(k, str) else k for k in verify_keys]
+        _STATE.keyring = Keyring.from_secrets(secret, extra)
+    if fsync is not None:
+        _STATE.fsync = fsync
     if enabled is not None:
         _STATE.active = enabled
         if enabled:
             _STATE.disabled_reason = None
             _STATE.failures = 0
-    if store is not None:
-        _STATE.store = Store(root=_as_path(store))
-        _STATE.keyring = None
-    if key is not None or verify_keys:
-        secret = key.encode() if isinstance(key, str) else key
-        extra = [k.encode() if isinstance(k, str) else k for k in verify_keys]
-        _STATE.keyring = Keyring.from_secrets(secret, extra)
-
-
-def _as_path(p: str | os.PathLike[str]) -> Any:
-    from pathlib import Path
-
-    return Path(p)
+    if _STATE.active:
+        if targets is not None:
+            patch_targets(targets)
+        elif enabled:
+            _patch_env_targets()
 
 
 def stats() -> dict[str, Any]:
-    """Counters for this process: captured, skipped, failures, and why capture stopped."""
+    """Counters for this process: captured, skipped (by reason), failures, why it stopped."""
     return {
         "active": _STATE.active,
         "captured": _STATE.captured,
-        "skipped": _STATE.skipped,
+        "replaced": _STATE.replaced,
+        "skipped": dict(_STATE.skipped),
         "failures": _STATE.failures,
         "disabled_reason": _STATE.disabled_reason,
     }
 
 
+def _reset() -> None:
+    """Back to the import-time state (for tests). Mutates, so wrappers see the change."""
+    fresh = _State()
+    for f in dataclass_fields(_State):
+        setattr(_STATE, f.name, getattr(fresh, f.name))
+    _local.__dict__.clear()
+    _PENDING.clear()
+
+
+# ---------------------------------------------------------------------------
+# Failure containment
+
+
 def _contain(exc: BaseException, where: str) -> None:
     """Count a failure inside capture, log it at a bounded rate, and turn off when needed."""
-    _STATE.failures += 1
-    n = _STATE.failures
+    state = _STATE
+    state.failures += 1
+    n = state.failures
     if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS:
-        _disable(f"{where}: {exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, '?')})")
+        code = errno.errorcode.get(exc.errno or 0, "?")
+        _disable(f"{where}: {exc.strerror or exc} ({code})")
     elif n >= _MAX_FAILURES:
         _disable(f"{n} failures, the last in {where}: {exc!r}")
     elif n <= 3 or n % _LOG_EVERY == 0:
@@ -136,10 +225,108 @@ def _contain(exc: BaseException, where: str) -> None:
 
 
 def _disable(reason: str) -> None:
-    if _STATE.active:
+    with _STATE.lock:
+        if not _STATE.active:
+            return
         _STATE.active = False
         _STATE.disabled_reason = reason
-        log.warning("perfreplay capture turned off for this process: %s", reason)
+    log.warning("perfreplay capture turned off for this process: %s", reason)
+
+
+# ---------------------------------------------------------------------------
+# Facts recorded once per site
+
+
+_COMMITS: dict[str, str | None] = {}
+
+
+def git_commit(start: str | None) -> str | None:
+    """The commit from the environment, else from ``.git`` above ``start`` (read once)."""
+    for name in COMMIT_ENVS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    if not start:
+        return None
+    folder = os.path.dirname(os.path.abspath(start))
+    if folder in _COMMITS:
+        return _COMMITS[folder]
+    commit = None
+    probe = folder
+    for _ in range(40):
+        git = os.path.join(probe, ".git")
+        if os.path.exists(git):
+            commit = _read_git_head(git)
+            break
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    _COMMITS[folder] = commit
+    return commit
+
+
+def _read_git_head(git: str) -> str | None:
+    try:
+        if os.path.isfile(git):  # a worktree or submodule: "gitdir: <path>"
+            with open(git) as f:
+                line = f.read().strip()
+            if not line.startswith("gitdir:"):
+                return None
+            git = os.path.join(os.path.dirname(git), line.split(":", 1)[1].strip())
+        with open(os.path.join(git, "HEAD")) as f:
+            head = f.read().strip()
+        if not head.startswith("ref:"):
+            return head or None
+        ref = head.split(":", 1)[1].strip()
+        for base in (git, _common_dir(git)):
+            loose = os.path.join(base, ref)
+            if os.path.isfile(loose):
+                with open(loose) as f:
+                    return f.read().strip() or None
+            packed = os.path.join(base, "packed-refs")
+            if os.path.isfile(packed):
+                with open(packed) as f:
+                    for line in f:
+                        sha, _, name = line.strip().partition(" ")
+                        if name == ref:
+                            return sha
+    except OSError:
+        return None
+    return None
+
+
+def _common_dir(git: str) -> str:
+    try:
+        with open(os.path.join(git, "commondir")) as f:
+            return os.path.join(git, f.read().strip())
+    except OSError:
+        return git
+
+
+def trace_id() -> str | None:
+    """The active OpenTelemetry or Sentry trace id, if either is already imported."""
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is not None:
+        try:
+            ctx = otel.get_current_span().get_span_context()
+            if ctx.is_valid:
+                return f"{ctx.trace_id:032x}"
+        except Exception:
+            pass
+    sentry = sys.modules.get("sentry_sdk")
+    if sentry is not None:
+        try:
+            span = sentry.get_current_span()
+            if span is not None and getattr(span, "trace_id", None):
+                return str(span.trace_id)
+        except Exception:
+            pass
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The per-function site and the capture steps
 
 
 @dataclass
@@ -157,9 +344,13 @@ class _Site:
     resources: frozenset[str]
     compress: bool
     tags: tuple[str, ...]
+    name: str | None
+    redactor: Redactor | None
+    param_names: tuple[str, ...] = ()
+    denied: tuple[int, ...] = ()
     signature: inspect.Signature | None = None
     static_fields: dict[str, Any] | None = None
-    written: int = 0
+    warned_unpicklable: bool = False
 
     def static(self) -> dict[str, Any]:
         if self.static_fields is None:
@@ -168,13 +359,15 @@ class _Site:
                 "async": self.is_async,
                 "host": host_name(),
                 "versions": runtime_versions(),
+                "git_commit": git_commit(getattr(inspect.getmodule(self.func), "__file__", None)),
                 "code_hash": code_hash(self.func),
+                "name": self.name,
                 "tags": list(self.tags),
-                "keep_result": self.keep_result,
+                "sampling": {"rate": self.sample_rate, "slower_than": self.slower_than},
             }
         return self.static_fields
 
-    def resource_ids(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[int, str]:
+    def resource_ids(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[int, str]:
         if not self.resources:
             return {}
         if self.signature is None:
@@ -184,68 +377,191 @@ class _Site:
 
 
 class _Pending:
-    __slots__ = ("site", "payload", "placeholders", "started_ns")
+    __slots__ = ("site", "payload", "placeholders", "redactions", "started_ns")
 
-    def __init__(self, site: _Site, payload: bytes, placeholders: dict[str, str]) -> None:
+    def __init__(
+        self,
+        site: _Site,
+        payload: bytes,
+        placeholders: list[dict[str, Any]],
+        redactions: list[dict[str, str]],
+    ) -> None:
         self.site = site
         self.payload = payload
         self.placeholders = placeholders
+        self.redactions = redactions
         self.started_ns = time.time_ns()
 
 
 def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pending | None:
     """Serialize the arguments *before* the call, so mutation cannot change what is kept."""
-    if site.written >= site.max_snapshots:
-        return None
-    _local.busy = True  # pickling can run user code that calls other decorated functions
+    if getattr(_local, "busy", False):
+        return None  # pickling ran user code that called a decorated function
+    _local.busy = True
     try:
+        redactions: list[dict[str, str]] = []
+        call_args: Any = args
+        call_kwargs: Any = kwargs
+        if site.redactor is not None:
+            call_args, call_kwargs, redactions = scrub_call(
+                site.redactor, args, kwargs, site.denied, site.param_names
+            )
         pickled = dumps(
-            (args, kwargs), max_bytes=site.max_bytes, resources=site.resource_ids(args, kwargs)
+            (call_args, call_kwargs),
+            max_bytes=site.max_bytes,
+            resources=site.resource_ids(args, kwargs),
         )
-        return _Pending(site, pickled.data, pickled.placeholders)
+        placeholders = _describe_placeholders(
+            pickled.placeholders, pickled.objects, call_args, call_kwargs
+        )
+        return _Pending(site, pickled.data, placeholders, redactions)
     except PayloadTooLarge:
-        _STATE.skipped += 1
+        _STATE.skip("too_large")
+        return None
+    except RedactionError as exc:
+        _STATE.skip("redaction")
+        _warn_once(site, f"cannot scrub the arguments of {site.target}: {exc}")
         return None
     except Exception as exc:  # an unpicklable argument must never break the call
-        _contain(exc, f"serializing arguments of {site.target}")
+        _STATE.skip("unpicklable")
+        _warn_once(site, f"cannot pickle the arguments of {site.target}: {exc!r}")
         return None
     finally:
         _local.busy = False
 
 
+def _warn_once(site: _Site, message: str) -> None:
+    if not site.warned_unpicklable:
+        site.warned_unpicklable = True
+        log.warning("perfreplay: %s; such calls are skipped (counted in stats())", message)
+
+
+def _describe_placeholders(
+    names: Mapping[str, str], objects: Mapping[str, Any], args: Any, kwargs: Any
+) -> list[dict[str, Any]]:
+    if not names:
+        return []
+    paths = _find_paths({id(obj): name for name, obj in objects.items()}, args, kwargs)
+    return [
+        {
+            "name": name,
+            "type": type_name,
+            "path": paths.get(name, "?"),
+            "auto": placeholder_is_auto(type_name),
+        }
+        for name, type_name in names.items()
+    ]
+
+
+def _find_paths(
+    wanted: dict[int, str], args: Any, kwargs: Any, limit: int = 20_000
+) -> dict[str, str]:
+    """Where each placeholder's object sits in the arguments (breadth-first, bounded)."""
+    found: dict[str, str] = {}
+    queue: list[tuple[Any, str]] = [(args, "args"), (kwargs, "kwargs")]
+    seen: set[int] = set()
+    i = 0
+    while i < len(queue) and i < limit and len(found) < len(wanted):
+        obj, path = queue[i]
+        i += 1
+        oid = id(obj)
+        if oid in wanted and wanted[oid] not in found:
+            found[wanted[oid]] = path
+            continue
+        if oid in seen or isinstance(obj, (str, bytes, int, float, type, types.ModuleType)):
+            continue
+        seen.add(oid)
+        if isinstance(obj, dict):
+            queue.extend((v, f"{path}[{k!r}]") for k, v in obj.items())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            queue.extend((v, f"{path}[{j}]") for j, v in enumerate(obj))
+        else:
+            state = getattr(obj, "__dict__", None)
+            if isinstance(state, dict):
+                queue.extend((v, f"{path}.{k}") for k, v in state.items())
+    return found
+
+
 def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> None:
     site = pending.site
+    state = _STATE
     if duration < site.slower_than:
-        _STATE.skipped += 1
+        state.skip("faster_than_threshold")
         return
     _local.busy = True
     try:
+        store = state.get_store()
+        local = isinstance(store, Store)
+        if local and not store.would_keep(site.target, site.max_snapshots, duration):
+            state.skip("not_slower")
+            return
+        if not local and not store.accepts(site.target):
+            state.skip("quota_full")
+            return
         sections = {"args": pending.payload}
         fields = dict(site.static())
+        redactions = list(pending.redactions)
+        fields["keep_result"] = False
         if site.keep_result:
-            ok, value = outcome
-            kept: Any = ("return", value) if ok else ("raise", _describe_exception(value))
-            sections["result"] = dumps(kept, max_bytes=site.max_bytes).data
+            kept = _keep_result(site, outcome, redactions)
+            if isinstance(kept, bytes):
+                sections["result"] = kept
+                fields["keep_result"] = True
+            else:
+                fields["result_skipped"] = kept
         snapshot_id = new_snapshot_id()
         fields.update(
             id=snapshot_id,
             captured_at=pending.started_ns / 1e9,
             pid=os.getpid(),
             duration=duration,
-            placeholders=[
-                {"name": n, "type": t, "path": "args"} for n, t in pending.placeholders.items()
-            ],
+            trace_id=trace_id(),
+            placeholders=pending.placeholders,
+            redactions=redactions,
         )
-        data = encode(fields, sections, keyring=_STATE.get_keyring(), compress=site.compress)
-        _STATE.get_store().write_snapshot(site.target, snapshot_id, data)
-        site.written += 1
-        _STATE.captured += 1
-    except PayloadTooLarge:
-        _STATE.skipped += 1
+        data, header = encode_parts(
+            fields, sections, keyring=state.get_keyring(), compress=site.compress
+        )
+        if not local:  # the remote store uploads off the call path and keeps its own counts
+            store.write_snapshot(site.target, snapshot_id, data, max_snapshots=site.max_snapshots)
+            state.captured += 1
+            return
+        digest = header["payload"]["sections"][0]["sha256"]
+        result = store.put_snapshot(
+            site.target,
+            data,
+            quota=site.max_snapshots,
+            duration=duration,
+            digest=digest,
+            fsync=state.fsync,
+        )
+        if result.outcome == "written":
+            state.captured += 1
+        elif result.outcome == "replaced":
+            state.captured += 1
+            state.replaced += 1
+        else:
+            state.skip(result.outcome)
     except Exception as exc:
         _contain(exc, f"writing a snapshot of {site.target}")
     finally:
         _local.busy = False
+
+
+def _keep_result(
+    site: _Site, outcome: tuple[bool, Any], redactions: list[dict[str, str]]
+) -> bytes | str:
+    ok, value = outcome
+    kept: Any = ("return", value) if ok else ("raise", _describe_exception(value))
+    try:
+        if site.redactor is not None and site.redactor.needs_walk(kept):
+            kept, more = site.redactor.scrub(kept, "result")
+            redactions.extend(more)
+        return dumps(kept, max_bytes=site.max_bytes).data
+    except PayloadTooLarge:
+        return "too large"
+    except Exception as exc:
+        return f"unpicklable: {type(exc).__name__}"
 
 
 def _describe_exception(exc: BaseException) -> tuple[str, str]:
@@ -253,23 +569,39 @@ def _describe_exception(exc: BaseException) -> tuple[str, str]:
     return (f"{t.__module__}.{t.__qualname__}", str(exc))
 
 
-def _sampled(site: _Site) -> bool:
-    if getattr(_local, "busy", False):
-        return False
-    return site.sample_rate >= 1.0 or random.random() < site.sample_rate
+# ---------------------------------------------------------------------------
+# Wrappers
+
+
+def _gap(rate: float) -> int:
+    """Calls until the next sampled one: geometric, so each call is sampled with ``rate``."""
+    if rate >= 1.0:
+        return 1
+    if rate <= 0.0:
+        return 1 << 62  # never, in practice
+    return int(math.log(1.0 - random.random()) / math.log(1.0 - rate)) + 1
 
 
 def _make_wrapper(site: _Site) -> Callable[..., Any]:
     func = site.func
-    state = _STATE
+    rate = site.sample_rate
     perf = time.perf_counter
+    state = _STATE  # _reset() and configure() mutate this object, never replace it
+    countdown = _gap(rate)
 
+    # The idle path: one flag test and one integer countdown (cheaper than random()).
+    # Threads may race on the countdown; that only nudges the sampling rate.
     if site.is_async:
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not state.active or not _sampled(site):
+            nonlocal countdown
+            if not state.active:
                 return await func(*args, **kwargs)
+            countdown -= 1
+            if countdown > 0:
+                return await func(*args, **kwargs)
+            countdown = _gap(rate)
             pending = _begin(site, args, kwargs)
             if pending is None:
                 return await func(*args, **kwargs)
@@ -287,8 +619,13 @@ def _make_wrapper(site: _Site) -> Callable[..., Any]:
 
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not state.active or not _sampled(site):
+            nonlocal countdown
+            if not state.active:
                 return func(*args, **kwargs)
+            countdown -= 1
+            if countdown > 0:
+                return func(*args, **kwargs)
+            countdown = _gap(rate)
             pending = _begin(site, args, kwargs)
             if pending is None:
                 return func(*args, **kwargs)
@@ -337,9 +674,11 @@ def capture(
     max_snapshots: int = ...,
     max_bytes: int | None = ...,
     keep_result: bool = ...,
-    resources: tuple[str, ...] | frozenset[str] | set[str] = ...,
+    redact: RedactSpec | bool | None = ...,
+    resources: Iterable[str] = ...,
     compress: bool = ...,
-    tags: tuple[str, ...] = ...,
+    name: str | None = ...,
+    tags: Iterable[str] = ...,
     force: bool = ...,
 ) -> Callable[[F], F]: ...
 
@@ -353,16 +692,31 @@ def capture(
     max_snapshots: int = 20,
     max_bytes: int | None = 10_000_000,
     keep_result: bool = False,
-    resources: tuple[str, ...] | frozenset[str] | set[str] = (),
+    redact: RedactSpec | bool | None = None,
+    resources: Iterable[str] = (),
     compress: bool = False,
-    tags: tuple[str, ...] = (),
+    name: str | None = None,
+    tags: Iterable[str] = (),
     force: bool = False,
 ) -> Any:
     """Keep real calls' arguments as signed snapshots; off unless ``PERFREPLAY_CAPTURE=1``.
 
-    Works bare (``@capture``) or with options. When capture is off at decoration time the
-    function comes back untouched, so it costs nothing; ``force=True`` wraps it anyway so
-    that a later ``configure(enabled=True)`` takes effect.
+    Works bare (``@capture``) or with options:
+
+    * ``sample_rate``: fraction of calls considered (0..1);
+    * ``slower_than``: seconds; faster calls are not kept;
+    * ``max_snapshots``: per target, across processes; when full, a slower call replaces
+      the fastest kept one;
+    * ``max_bytes``: pickled-size cap, enforced while pickling;
+    * ``keep_result``: also keep the return value (or exception type and message);
+    * ``redact``: extra key names, types or ``(key, value) -> bool`` callables to scrub,
+      on top of the default denylist; ``False`` turns redaction off;
+    * ``resources``: parameter names that are live resources, kept as placeholders that
+      replay binds to the pytest fixture of the same name;
+    * ``compress``: zstd the payload; ``name``/``tags``: labels stored in the header.
+
+    When capture is off at decoration time the function comes back untouched;
+    ``force=True`` wraps it anyway so that a later ``configure(enabled=True)`` applies.
     """
     if not 0.0 <= sample_rate <= 1.0:
         raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate!r}")
@@ -370,6 +724,15 @@ def capture(
         raise ValueError(f"slower_than must be >= 0 seconds, got {slower_than!r}")
     if max_snapshots < 1:
         raise ValueError(f"max_snapshots must be >= 1, got {max_snapshots!r}")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1 or None, got {max_bytes!r}")
+    if isinstance(resources, str):
+        resources = (resources,)
+    if isinstance(tags, str):
+        tags = (tags,)
+    redactor_spec = redact
+    resource_names = frozenset(resources)
+    tag_tuple = tuple(tags)
 
     def decorate(f: Any) -> Any:
         if isinstance(f, (staticmethod, classmethod)):
@@ -377,6 +740,10 @@ def capture(
         _check_supported(f)
         if not (_STATE.active or force):
             return f
+        if hasattr(f, "__perfreplay_site__"):
+            return f  # already captured
+        redactor = Redactor.from_spec(redactor_spec)
+        names = parameter_names(f)
         site = _Site(
             func=f,
             target=target_name(f),
@@ -386,9 +753,13 @@ def capture(
             max_snapshots=max_snapshots,
             max_bytes=max_bytes,
             keep_result=keep_result,
-            resources=frozenset(resources),
+            resources=resource_names,
             compress=compress,
-            tags=tuple(tags),
+            tags=tag_tuple,
+            name=name,
+            redactor=redactor,
+            param_names=names,
+            denied=denied_positions(redactor, names) if redactor is not None else (),
         )
         return _make_wrapper(site)
 
@@ -401,3 +772,129 @@ def unwrap_capture(func: Any) -> Any:
     """The function under our own capture wrapper (other decorators are kept)."""
     site = getattr(func, "__perfreplay_site__", None)
     return site.func if site is not None else func
+
+
+# ---------------------------------------------------------------------------
+# Capture by dotted name: PERFREPLAY_TARGETS="pkg.mod:func,pkg.mod:Class.method"
+
+_PENDING: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+
+
+def patch_targets(targets: Iterable[str] | Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Wrap functions by dotted name. Modules not imported yet are patched on import.
+
+    Returns the targets patched right now. Code that did ``from mod import func`` before
+    the patch keeps the unwrapped function: set the variable before start-up.
+    """
+    items: list[tuple[str, Mapping[str, Any]]]
+    if isinstance(targets, Mapping):
+        items = [(t, dict(o)) for t, o in targets.items()]
+    else:
+        items = [(t, {}) for t in targets]
+    done = []
+    for spec, options in items:
+        module_name, sep, qualname = spec.strip().partition(":")
+        if not sep or not module_name or not qualname:
+            raise ValueError(
+                f"capture target {spec!r} is not of the form 'package.module:qualname' "
+                "(e.g. 'shop.pricing:Cart.total')"
+            )
+        module = sys.modules.get(module_name)
+        if module is not None and not _initializing(module):
+            if _patch_one(module, qualname, options):
+                done.append(spec)
+        else:
+            _PENDING.setdefault(module_name, []).append((qualname, options))
+            _install_finder()
+    return done
+
+
+def _patch_env_targets() -> None:
+    raw = os.environ.get(TARGETS_ENV, "")
+    specs = [s.strip() for s in raw.split(",") if s.strip()]
+    if not specs:
+        return
+    try:
+        patch_targets(specs)
+    except Exception as exc:  # a typo in an env var must not stop the service
+        log.warning("perfreplay: %s ignored: %s", TARGETS_ENV, exc)
+
+
+def _initializing(module: types.ModuleType) -> bool:
+    spec = getattr(module, "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
+def _patch_one(module: types.ModuleType, qualname: str, options: Mapping[str, Any]) -> bool:
+    *owners, attr = qualname.split(".")
+    owner: Any = module
+    try:
+        for part in owners:
+            owner = getattr(owner, part)
+        original = inspect.getattr_static(owner, attr)
+    except AttributeError:
+        log.warning("perfreplay: capture target %s:%s not found", module.__name__, qualname)
+        return False
+    try:
+        wrapped = capture(**{**options, "force": True})(original)
+    except TypeError as exc:
+        log.warning("perfreplay: cannot capture %s:%s: %s", module.__name__, qualname, exc)
+        return False
+    if wrapped is not original:
+        setattr(owner, attr, wrapped)
+    return True
+
+
+def _apply_pending(module: types.ModuleType) -> None:
+    for qualname, options in _PENDING.pop(module.__name__, []):
+        try:
+            _patch_one(module, qualname, options)
+        except Exception as exc:
+            log.warning("perfreplay: cannot capture %s:%s: %r", module.__name__, qualname, exc)
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs the real loader, then patches the module's capture targets."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        create = getattr(self._inner, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self._inner.exec_module(module)
+        _apply_pending(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_data, get_source, resource readers...
+        return getattr(self._inner, name)
+
+
+class _TargetFinder(importlib.abc.MetaPathFinder):
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _PENDING:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+_FINDER = _TargetFinder()
+
+
+def _install_finder() -> None:
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+
+
+if _STATE.active:
+    _patch_env_targets()

@@ -6,9 +6,11 @@ Layout::
 
 The header is readable without unpickling anything. The payload is the concatenation of
 the sections the header lists (``args``, optionally ``result``), each optionally
-zstd-compressed. The signature is an HMAC-SHA256 over the magic, the header *without* its
-``sig`` field (canonical JSON), and the payload; it is checked before a single byte is
-unpickled.
+zstd-compressed. The header records each stored section's size and SHA-256, and the
+signature is an HMAC-SHA256 over the magic and the header *without* its ``sig`` field
+(canonical JSON). So one hash pass covers the payload, and loading checks, in order: the
+header's shape, the signature, each section's hash, then (bounded) decompression. Nothing
+is unpickled before all of that has passed.
 """
 
 from __future__ import annotations
@@ -127,11 +129,26 @@ _BINDINGS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.Contex
 
 
 def _placeholder(name: str, type_name: str) -> Any:
-    """Unpickling hook: the bound fixture value, or an inert Placeholder."""
+    """Unpickling hook: the bound fixture value, a fresh lock, or an inert Placeholder."""
     bindings = _BINDINGS.get()
     if bindings is not None and name in bindings:
         return bindings[name]
+    fresh = _FRESH.get(type_name)
+    if fresh is not None:
+        return fresh()
     return Placeholder(name, type_name)
+
+
+# Resources that replay can simply recreate: a fresh, unlocked lock is what any call gets.
+_FRESH: dict[str, Callable[[], Any]] = {
+    "_thread.lock": threading.Lock,
+    "_thread.RLock": threading.RLock,
+}
+
+
+def placeholder_is_auto(type_name: str) -> bool:
+    """Whether replay recreates this resource itself (no fixture needed)."""
+    return type_name in _FRESH
 
 
 def _type_name(obj: object) -> str:
@@ -146,6 +163,11 @@ def _default_resource_types() -> tuple[type, ...]:
         sqlite3.Connection,
         sqlite3.Cursor,
         io.IOBase,
+        threading.Condition,
+        threading.Semaphore,
+        threading.Event,
+        threading.Thread,
+        types.FrameType,
         types.GeneratorType,
         types.CoroutineType,
         types.AsyncGeneratorType,
@@ -154,6 +176,7 @@ def _default_resource_types() -> tuple[type, ...]:
 
 
 RESOURCE_TYPES: tuple[type, ...] = _default_resource_types()
+_RESOURCE_VERDICTS: dict[type, bool] = {}
 
 
 def resource_fixture_name(obj: object) -> str:
@@ -196,15 +219,25 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._resources = resources
         self._resource_types = resource_types
+        self._verdicts = (
+            _RESOURCE_VERDICTS if resource_types is RESOURCE_TYPES else {}
+        )  # type -> is it a resource? (isinstance against ABCs is slow; types are few)
         self.placeholders: dict[str, str] = {}
+        self.objects: dict[str, Any] = {}
 
     def reducer_override(self, obj: Any) -> Any:
         name = self._resources.get(id(obj)) if self._resources else None
-        if name is None and isinstance(obj, self._resource_types):
-            name = resource_fixture_name(obj)
+        if name is None:
+            t = type(obj)
+            verdict = self._verdicts.get(t)
+            if verdict is None:
+                verdict = self._verdicts[t] = issubclass(t, self._resource_types)
+            if verdict:
+                name = resource_fixture_name(obj)
         if name is not None:
             type_name = _type_name(obj)
             self.placeholders.setdefault(name, type_name)
+            self.objects.setdefault(name, obj)
             return _placeholder, (name, type_name)
         return super().reducer_override(obj)
 
@@ -213,6 +246,7 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
 class Pickled:
     data: bytes
     placeholders: dict[str, str]
+    objects: dict[str, Any] = field(default_factory=dict)  # placeholder name -> the object
 
 
 def dumps(
@@ -226,7 +260,7 @@ def dumps(
     buf = _BoundedBuffer(max_bytes)
     pickler = _CapturePickler(buf, resources or {}, resource_types)
     pickler.dump(obj)
-    return Pickled(buf.getvalue(), pickler.placeholders)
+    return Pickled(buf.getvalue(), pickler.placeholders, pickler.objects)
 
 
 # ---------------------------------------------------------------------------
@@ -298,7 +332,10 @@ def _compressor() -> Any:
 
 @dataclass(frozen=True)
 class Header:
-    """The parsed, not-yet-trusted header. ``fields`` is the JSON object as written."""
+    """The parsed, not-yet-trusted header. ``fields`` is the JSON object as written.
+
+    Accessors never raise on odd values: an unverified header is only ever displayed.
+    """
 
     fields: Mapping[str, Any]
 
@@ -318,7 +355,7 @@ class Header:
 
     @property
     def is_async(self) -> bool:
-        return bool(self.fields.get("async", False))
+        return self.fields.get("async") is True
 
     @property
     def duration(self) -> float | None:
@@ -326,12 +363,35 @@ class Header:
         return float(d) if isinstance(d, (int, float)) else None
 
     @property
-    def placeholders(self) -> list[dict[str, str]]:
-        return list(self.fields.get("placeholders", []))
+    def captured_at(self) -> float | None:
+        t = self.fields.get("captured_at")
+        return float(t) if isinstance(t, (int, float)) else None
+
+    @property
+    def placeholders(self) -> list[dict[str, Any]]:
+        return [p for p in self.fields.get("placeholders", []) if isinstance(p, dict)]
 
     @property
     def has_result(self) -> bool:
-        return bool(self.fields.get("keep_result", False))
+        return self.fields.get("keep_result") is True
+
+    @property
+    def python(self) -> str | None:
+        versions = self.fields.get("versions")
+        v = versions.get("python") if isinstance(versions, dict) else None
+        return v if isinstance(v, str) else None
+
+    @property
+    def args_digest(self) -> str | None:
+        """SHA-256 of the stored ``args`` section, as recorded (used for deduplication)."""
+        for meta in self.fields["payload"]["sections"]:
+            if meta["name"] == "args":
+                return str(meta["sha256"])
+        return None
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def encode(
@@ -342,6 +402,17 @@ def encode(
     compress: bool = False,
 ) -> bytes:
     """Build a snapshot file. ``fields`` must be JSON-serializable; payload facts are added."""
+    return encode_parts(fields, sections, keyring=keyring, compress=compress)[0]
+
+
+def encode_parts(
+    fields: Mapping[str, Any],
+    sections: Mapping[str, bytes],
+    *,
+    keyring: Keyring | None,
+    compress: bool = False,
+) -> tuple[bytes, dict[str, Any]]:
+    """``encode``, also returning the header as written (so callers need not parse it)."""
     codec = "zstd" if compress else "none"
     blobs: list[bytes] = []
     meta: list[dict[str, Any]] = []
@@ -353,94 +424,179 @@ def encode(
                 "name": name,
                 "size": len(blob),
                 "raw_size": len(raw),
-                "sha256": hashlib.sha256(raw).hexdigest(),
+                "sha256": hashlib.sha256(blob).hexdigest(),
             }
         )
     payload = b"".join(blobs)
     header = dict(fields)
     header["format"] = FORMAT_VERSION
     header["payload"] = {"codec": codec, "size": len(payload), "sections": meta}
-    unsigned = _canonical(header)
+    header.pop("sig", None)
     if keyring is not None and keyring.signing is not None:
-        header["sig"] = keyring.sign((MAGIC, unsigned, payload))
+        header["sig"] = keyring.sign((MAGIC, _canonical(header)))
     header_bytes = _canonical(header)
-    return MAGIC + len(header_bytes).to_bytes(4, "big") + header_bytes + payload
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise SnapshotError(f"header is {len(header_bytes)} bytes (limit {MAX_HEADER_BYTES})")
+    return MAGIC + len(header_bytes).to_bytes(4, "big") + header_bytes + payload, header
+
+
+_PREFIX = len(MAGIC) + 4
+_WHAT_TO_DO = "delete it (perfreplay prune --invalid) and capture again"
+
+
+def header_length(prefix: bytes, *, path: str | None = None) -> int:
+    """Check the magic and return the header length from the first 12 bytes."""
+    if len(prefix) == 0:
+        raise SnapshotError(
+            f"empty file: not a snapshot (a crashed writer?); {_WHAT_TO_DO}", path=path
+        )
+    if not prefix.startswith(MAGIC[: len(prefix)]):
+        if prefix[:1] == b"\x80":
+            hint = "it looks like a plain pickle, and plain pickles are never loaded"
+        else:
+            hint = "it does not start with the snapshot magic bytes"
+        raise SnapshotError(f"not a perfreplay snapshot: {hint}", path=path)
+    if len(prefix) < _PREFIX:
+        raise SnapshotError(
+            f"truncated snapshot: the header length is missing; {_WHAT_TO_DO}", path=path
+        )
+    n = int.from_bytes(prefix[len(MAGIC) : _PREFIX], "big")
+    if n > MAX_HEADER_BYTES or n < 2:
+        raise SnapshotError(
+            f"corrupt snapshot: header length {n} is outside 2..{MAX_HEADER_BYTES}; {_WHAT_TO_DO}",
+            path=path,
+        )
+    return n
 
 
 def read_header(data: bytes, *, path: str | None = None) -> tuple[Header, bytes, bytes]:
     """Parse the header (JSON only, never pickle). Returns (header, header bytes, payload)."""
-    if len(data) == 0:
-        raise SnapshotError("empty file: not a snapshot (a crashed writer? delete it)", path=path)
-    if not data.startswith(MAGIC):
-        if data[:1] == b"\x80":
-            hint = "it looks like a plain pickle, which is never loaded"
-        else:
-            hint = "it does not start with the snapshot magic bytes"
-        raise SnapshotError(f"not a perfreplay snapshot: {hint}", path=path)
-    if len(data) < len(MAGIC) + 4:
-        raise SnapshotError("truncated snapshot: the header length is missing", path=path)
-    n = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 4], "big")
-    start = len(MAGIC) + 4
-    if n > MAX_HEADER_BYTES:
-        raise SnapshotError(f"header claims {n} bytes (limit {MAX_HEADER_BYTES})", path=path)
-    if len(data) < start + n:
+    n = header_length(data[:_PREFIX], path=path)
+    if len(data) < _PREFIX + n:
         raise SnapshotError(
-            f"truncated snapshot: header needs {n} bytes, file has {len(data) - start}", path=path
-        )
-    header_bytes = data[start : start + n]
-    try:
-        fields = json.loads(header_bytes.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise SnapshotError(f"corrupt header: {exc}", path=path) from None
-    if not isinstance(fields, dict):
-        raise SnapshotError("corrupt header: not a JSON object", path=path)
-    version = fields.get("format")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise SnapshotError("corrupt header: no format version", path=path)
-    if version > FORMAT_VERSION:
-        raise SnapshotError(
-            f"format version {version} is newer than this pytest-perfreplay understands "
-            f"({FORMAT_VERSION}); upgrade pytest-perfreplay",
+            f"truncated snapshot: header needs {n} bytes, file has {len(data) - _PREFIX}; "
+            f"{_WHAT_TO_DO}",
             path=path,
         )
-    _check_fields(fields, path)
-    payload = data[start + n :]
-    size = fields["payload"]["size"]
+    header_bytes = data[_PREFIX : _PREFIX + n]
+    header = parse_header(header_bytes, path=path)
+    payload = data[_PREFIX + n :]
+    size = header["payload"]["size"]
     if len(payload) != size:
         what = "truncated" if len(payload) < size else "has trailing bytes"
         raise SnapshotError(
-            f"payload {what}: header says {size} bytes, file has {len(payload)}", path=path
+            f"payload {what}: header says {size} bytes, file has {len(payload)}; {_WHAT_TO_DO}",
+            path=path,
         )
-    return Header(fields), header_bytes, payload
+    return header, header_bytes, payload
+
+
+def read_header_file(path: str | os.PathLike[str]) -> Header:
+    """Read only a file's header (a few hundred bytes), checking the payload length by size."""
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(_PREFIX)
+            n = header_length(prefix, path=where)
+            header_bytes = f.read(n)
+            total = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise SnapshotError(f"cannot read: {exc.strerror or exc}", path=where) from None
+    if len(header_bytes) < n:
+        raise SnapshotError(
+            f"truncated snapshot: header needs {n} bytes, file has {len(header_bytes)}; "
+            f"{_WHAT_TO_DO}",
+            path=where,
+        )
+    header = parse_header(header_bytes, path=where)
+    size = header["payload"]["size"]
+    if total - _PREFIX - n != size:
+        raise SnapshotError(
+            f"payload size mismatch: header says {size} bytes, file has "
+            f"{total - _PREFIX - n}; {_WHAT_TO_DO}",
+            path=where,
+        )
+    return header
+
+
+def parse_header(header_bytes: bytes, *, path: str | None = None) -> Header:
+    try:
+        fields = json.loads(header_bytes.decode("ascii"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise SnapshotError(f"corrupt header ({reason}); {_WHAT_TO_DO}", path=path) from None
+    if not isinstance(fields, dict):
+        raise SnapshotError(f"corrupt header: not a JSON object; {_WHAT_TO_DO}", path=path)
+    version = fields.get("format")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SnapshotError(f"corrupt header: no format version; {_WHAT_TO_DO}", path=path)
+    if version > FORMAT_VERSION:
+        raise SnapshotError(
+            f"format version {version} is newer than this pytest-perfreplay understands "
+            f"({FORMAT_VERSION}); upgrade pytest-perfreplay to read it",
+            path=path,
+        )
+    if version < 1:
+        raise SnapshotError(f"corrupt header: format version {version}; {_WHAT_TO_DO}", path=path)
+    _check_fields(fields, path)
+    return Header(fields)
 
 
 def _check_fields(fields: Mapping[str, Any], path: str | None) -> None:
-    required: dict[str, type | tuple[type, ...]] = {"id": str, "target": str, "payload": dict}
-    for key, kind in required.items():
-        if not isinstance(fields.get(key), kind):
-            raise SnapshotError(f"corrupt header: field {key!r} missing or mistyped", path=path)
-    payload = fields["payload"]
+    def bad(what: str) -> SnapshotError:
+        return SnapshotError(f"corrupt header: {what}; {_WHAT_TO_DO}", path=path)
+
+    for key in ("id", "target"):
+        value = fields.get(key)
+        if not isinstance(value, str) or not value or len(value) > 1000:
+            raise bad(f"field {key!r} missing or mistyped")
+    payload = fields.get("payload")
+    if not isinstance(payload, dict):
+        raise bad("field 'payload' missing or mistyped")
     sections = payload.get("sections")
     size = payload.get("size")
     if (
         not isinstance(size, int)
+        or isinstance(size, bool)
         or size < 0
         or payload.get("codec") not in ("none", "zstd")
         or not isinstance(sections, list)
-        or not all(
-            isinstance(s, dict)
-            and isinstance(s.get("name"), str)
-            and isinstance(s.get("size"), int)
-            and s["size"] >= 0
-            and isinstance(s.get("sha256"), str)
-            for s in sections
-        )
+        or not all(_section_ok(s) for s in sections)
         or sum(s["size"] for s in sections) != size
+        or len({s["name"] for s in sections}) != len(sections)
     ):
-        raise SnapshotError("corrupt header: payload description is inconsistent", path=path)
-    sig = fields.get("sig")
-    if sig is not None and not isinstance(sig, dict):
-        raise SnapshotError("corrupt header: 'sig' is not an object", path=path)
+        raise bad("payload description is inconsistent")
+    optional: dict[str, Callable[[Any], bool]] = {
+        "async": lambda v: isinstance(v, bool),
+        "keep_result": lambda v: isinstance(v, bool),
+        "duration": lambda v: v is None or _is_number(v),
+        "captured_at": lambda v: v is None or _is_number(v),
+        "pid": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+        "versions": lambda v: isinstance(v, dict),
+        "placeholders": lambda v: isinstance(v, list) and all(isinstance(p, dict) for p in v),
+        "redactions": lambda v: isinstance(v, list),
+        "tags": lambda v: isinstance(v, list),
+        "trace_id": lambda v: v is None or isinstance(v, str),
+        "sig": lambda v: isinstance(v, dict),
+    }
+    for key, ok in optional.items():
+        if key in fields and not ok(fields[key]):
+            raise bad(f"field {key!r} has the wrong type")
+
+
+def _section_ok(s: Any) -> bool:
+    return (
+        isinstance(s, dict)
+        and isinstance(s.get("name"), str)
+        and isinstance(s.get("size"), int)
+        and not isinstance(s.get("size"), bool)
+        and s["size"] >= 0
+        and isinstance(s.get("sha256"), str)
+        and (
+            "raw_size" not in s
+            or (isinstance(s["raw_size"], int) and not isinstance(s["raw_size"], bool))
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -457,17 +613,30 @@ class Snapshot:
         return self.header.id
 
     def loads_section(self, name: str, bindings: Mapping[str, Any] | None = None) -> Any:
-        raw = self.sections[name]
+        """Unpickle one verified section; failures become a SnapshotError that says why."""
+        try:
+            raw = self.sections[name]
+        except KeyError:
+            raise SnapshotError(f"this snapshot has no {name!r} section", path=self.path) from None
         token = _BINDINGS.set(bindings)
         try:
             return pickle.loads(raw)
+        except Exception as exc:
+            raise SnapshotError(
+                f"cannot unpickle the {name!r} section: {type(exc).__name__}: {exc}. Replay "
+                "where the captured code and its dependencies are importable.",
+                path=self.path,
+            ) from exc
         finally:
             _BINDINGS.reset(token)
 
     def load_call(
         self, bindings: Mapping[str, Any] | None = None
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        args, kwargs = self.loads_section("args", bindings)
+        loaded = self.loads_section("args", bindings)
+        if not isinstance(loaded, tuple) or len(loaded) != 2 or not isinstance(loaded[1], dict):
+            raise SnapshotError("the 'args' section is not an (args, kwargs) pair", path=self.path)
+        args, kwargs = loaded
         return tuple(args), dict(kwargs)
 
     def load_result(self) -> Any:
@@ -482,9 +651,10 @@ def verify(
     *,
     keyring: Keyring | None,
     allow_unsigned: bool = False,
+    allow_python_mismatch: bool = False,
     path: str | None = None,
 ) -> Snapshot:
-    """Check the signature, then the section hashes. Nothing is unpickled here."""
+    """Check shape, signature, hashes and Python version. Nothing is unpickled here."""
     header, header_bytes, payload = read_header(data, path=path)
     fields = dict(header.fields)
     sig = fields.pop("sig", None)
@@ -494,26 +664,38 @@ def verify(
             if not allow_unsigned:
                 raise SignatureError(
                     f"signed snapshot but no verifying key is configured; set {KEY_ENV} or "
-                    f"{VERIFY_KEYS_ENV}",
+                    f"{VERIFY_KEYS_ENV} to the key the capturing service used",
                     path=path,
                 )
             signed = False  # accepted as unverified, like an unsigned file
         else:
             try:
-                keyring.verify(sig, (MAGIC, _canonical(fields), payload))
+                keyring.verify(sig, (MAGIC, _canonical(fields)))
             except SignatureError as exc:
                 raise SignatureError(str(exc), path=path) from None
-        if _canonical(header.fields) != header_bytes:
-            raise SignatureError(
-                "header is not in canonical form: altered after signing", path=path
-            )
+            if _canonical(header.fields) != header_bytes:
+                raise SignatureError(
+                    "header is not in canonical form: altered after signing", path=path
+                )
     elif not allow_unsigned:
         raise SignatureError(
-            "unsigned snapshot refused; pass --perf-replay-allow-unsigned (or allow_unsigned=True) "
-            "only if you trust where it came from",
+            "unsigned snapshot refused; pass --perf-replay-allow-unsigned (or "
+            "allow_unsigned=True) only if you trust where it came from",
             path=path,
         )
     sections = dict(_split_sections(header, payload, path))
+    captured = header.python
+    if captured is not None and not allow_python_mismatch:
+        import platform
+
+        here = platform.python_version()
+        if python_minor(captured) != python_minor(here):
+            raise SnapshotError(
+                f"captured on Python {captured}, but this is Python {here}: pickles are only "
+                f"reliable within one minor version. Replay with Python "
+                f"{python_minor(captured)}, or capture again on {python_minor(here)}",
+                path=path,
+            )
     return Snapshot(header=header, sections=sections, path=path, signed=signed)
 
 
@@ -525,25 +707,47 @@ def _split_sections(
     for meta in header["payload"]["sections"]:
         blob = payload[offset : offset + meta["size"]]
         offset += meta["size"]
+        if not hmac.compare_digest(hashlib.sha256(blob).hexdigest(), meta["sha256"]):
+            raise SnapshotError(
+                f"section {meta['name']!r} does not match its hash (corrupted); {_WHAT_TO_DO}",
+                path=path,
+            )
         if codec == "zstd":
-            try:
-                raw = _compressor().ZstdDecompressor().decompress(blob)
-            except ImportError:
-                raise SnapshotError(
-                    "payload is zstd-compressed; install pytest-perfreplay[zstd]", path=path
-                ) from None
-            except Exception as exc:
-                raise SnapshotError(f"cannot decompress section {meta['name']!r}: {exc}", path=path)
+            yield meta["name"], _decompress(blob, meta, path)
         else:
-            raw = blob
-        if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
-            raise SnapshotError(f"section {meta['name']!r} does not match its hash", path=path)
-        yield meta["name"], raw
+            yield meta["name"], blob
+
+
+def _decompress(blob: bytes, meta: Mapping[str, Any], path: str | None) -> bytes:
+    try:
+        zstd = _compressor()
+    except ImportError:
+        raise SnapshotError(
+            "payload is zstd-compressed; install pytest-perfreplay[zstd]", path=path
+        ) from None
+    limit = meta.get("raw_size")
+    if not isinstance(limit, int) or limit < 0:
+        raise SnapshotError(f"section {meta['name']!r} has no raw size", path=path)
+    try:
+        raw = zstd.ZstdDecompressor().decompress(blob, max_output_size=limit)
+    except Exception as exc:
+        raise SnapshotError(
+            f"cannot decompress section {meta['name']!r}: {exc}", path=path
+        ) from None
+    if len(raw) != limit:
+        raise SnapshotError(f"section {meta['name']!r} decompressed to the wrong size", path=path)
+    return bytes(raw)
 
 
 def new_snapshot_id() -> str:
     return secrets.token_hex(6)
 
 
+_HOST: str | None = None
+
+
 def host_name() -> str:
-    return socket.gethostname()
+    global _HOST
+    if _HOST is None:
+        _HOST = socket.gethostname()
+    return _HOST

@@ -1,30 +1,54 @@
 """Where snapshots live: a local folder, with atomic writes and owner-only permissions.
 
-Layout under the store root (default ``.perfreplay/``)::
+Layout under the store root (default ``.perfreplay/``, folders 0700, files 0600)::
 
     .gitignore              "*": results never end up in git by accident
     key                     the store's own signing key when none is configured (0600)
-    snapshots/<target>/<id>.prsnap
+    snapshots/<target>/slot-NNN.prsnap    captured snapshots, one file per quota slot
+    snapshots/<target>/<id>.prsnap        snapshots written by id (pulled, or by hand)
     profiles/<target>/<iteration>-<id>.speedscope.json
     history/<target>/<id>.jsonl
+
+Quota without a coordinator. A target with ``max_snapshots=N`` owns the file names
+``slot-000`` .. ``slot-{N-1}``. A writer claims a free slot by *exclusive create* (a hard
+link from its finished temp file, which fails if the name exists), so no number of
+processes can ever make more than N files, and a crash never leaves a half file visible.
+When every slot is taken, the writer may *replace* the slot holding the fastest call, if
+its own call was slower (keep the slowest). On an object store the same idea maps onto
+conditional writes: claim = ``PUT slot-k If-None-Match: *``; replace = ``PUT slot-k
+If-Match: <etag of the fastest>``, so two racing replacers cannot both win. Locally, a
+replacement re-reads the victim just before the atomic rename; the remaining race can
+at worst drop one slow call for another, never exceed the quota.
+
+The store-wide byte budget is checked against a scan of the store that is at most a few
+seconds old; concurrent writers can overshoot it by at most one snapshot each.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import os
 import re
 import secrets
+import stat
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import StoreError
-from .snapshot import SUFFIX, Keyring
+from .errors import SnapshotError, StoreError
+from .snapshot import SUFFIX, Header, Keyring, read_header_file
 
 DEFAULT_ROOT = ".perfreplay"
 STORE_ENV = "PERFREPLAY_STORE"
+BUDGET_ENV = "PERFREPLAY_STORE_BUDGET"
 TMP_PREFIX = ".tmp-"
+SLOT_PREFIX = "slot-"
+DEFAULT_BUDGET = 1 << 30  # 1 GiB for the whole store
+STALE_TMP_SECONDS = 3600.0
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -34,9 +58,73 @@ def target_slug(target: str) -> str:
     return _SLUG.sub("_", target.replace(":", "-")).strip("._") or "target"
 
 
+def slot_name(k: int) -> str:
+    return f"{SLOT_PREFIX}{k:03d}{SUFFIX}"
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What ``Store.put_snapshot`` did: ``written``, ``replaced`` or a skip reason."""
+
+    outcome: str  # written | replaced | duplicate | not_slower | over_budget
+    path: Path | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.outcome in ("written", "replaced")
+
+
+@dataclass
+class _Entry:
+    key: tuple[int, int, int]  # (inode, size, mtime_ns): changes on every rewrite
+    duration: float  # -1 for unreadable files, which are the first to be replaced
+    digest: str | None
+    size: int
+
+
+@dataclass
+class _View:
+    """A process-local, possibly stale picture of one target folder."""
+
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    refreshed: float = -1e18
+    hint: int = 0  # where to start looking for a free slot (the one after the last claimed)
+
+
+def parse_budget(text: str) -> int:
+    """``500M``, ``2G``, ``1048576`` -> bytes."""
+    raw = text.strip().upper().removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if raw and raw[-1] in scale:
+            return int(float(raw[:-1]) * scale[raw[-1]])
+        return int(raw)
+    except ValueError:
+        raise StoreError(
+            f"{text!r} is not a byte size; use a number of bytes or e.g. 500M, 2G"
+        ) from None
+
+
+def _default_budget() -> int | None:
+    raw = os.environ.get(BUDGET_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BUDGET
+    if raw.lower() in ("0", "none", "off", "unlimited"):
+        return None
+    return parse_budget(raw)
+
+
 @dataclass(frozen=True)
 class Store:
     root: Path
+    budget_bytes: int | None = field(default_factory=_default_budget, compare=False)
+    view_ttl: float = field(default=1.0, compare=False)
+    _views: dict[str, _View] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _usage: list[float] = field(default_factory=list, init=False, repr=False, compare=False)
+    _swept: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_env(cls, default: str | os.PathLike[str] | None = None) -> Store:
@@ -59,7 +147,7 @@ class Store:
     def ensure(self) -> None:
         """Create the root (0700) with a ``.gitignore`` on first use."""
         if not self.root.is_dir():
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.root)
         ignore = self.root / ".gitignore"
         if not ignore.exists():
             with contextlib.suppress(FileExistsError):
@@ -77,38 +165,245 @@ class Store:
     def keyring(self, *, create: bool = False) -> Keyring | None:
         """The configured keyring, else this store's own key (created 0600 on first capture).
 
-        A store-local key means a file that was not written by a process able to read this
-        store's key is refused: foreign or tampered files never get unpickled.
+        With no key configured, the store signs with its own random key, so files that a
+        process unable to read that key wrote (or changed) are refused. The key is only
+        trusted if it is a regular file owned by this user and readable by nobody else.
+        It never leaves the machine: ``pull`` and remote stores carry snapshots, not keys,
+        so snapshots from elsewhere need ``PERFREPLAY_KEY``/``PERFREPLAY_VERIFY_KEYS``.
         """
         configured = Keyring.from_env()
         if configured is not None:
             return configured
         try:
-            secret = self.key_path.read_bytes().strip()
+            secret = self._read_key()
         except FileNotFoundError:
             if not create:
                 return None
             self.ensure()
-            try:
+            with contextlib.suppress(FileExistsError):  # another process won: use its key
                 write_atomic(self.key_path, secrets.token_hex(32).encode(), exclusive=True)
-            except FileExistsError:
-                pass  # another process won the race; use its key
-            secret = self.key_path.read_bytes().strip()
+            secret = self._read_key()
+        return Keyring.from_secrets(secret)
+
+    def _read_key(self) -> bytes:
+        try:
+            fd = os.open(self.key_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise
         except OSError as exc:
             raise StoreError(f"cannot read the store key {self.key_path}: {exc}") from exc
-        return Keyring.from_secrets(secret)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"the store key {self.key_path} is not a regular file")
+            if hasattr(os, "getuid") and (
+                st.st_uid != os.getuid() or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+            ):
+                raise StoreError(
+                    f"refusing the store key {self.key_path}: it must be owned by this user "
+                    f"and mode 0600 (it is {stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid}). "
+                    "A key others can read or write cannot vouch for anything; delete it, "
+                    "or set PERFREPLAY_KEY"
+                )
+            secret = os.read(fd, 4096).strip()
+        finally:
+            os.close(fd)
+        if len(secret) < 16:
+            raise StoreError(f"the store key {self.key_path} is too short; delete it")
+        return secret
 
     # -- snapshots ----------------------------------------------------------
 
-    def write_snapshot(self, target: str, snapshot_id: str, data: bytes) -> Path:
+    def _target_folder(self, target: str) -> Path:
         folder = self.target_dir(target)
         if not folder.is_dir():
             self.ensure()
-            self.snapshots_dir.mkdir(mode=0o700, exist_ok=True)
-            folder.mkdir(mode=0o700, exist_ok=True)
-        path = folder / f"{snapshot_id}{SUFFIX}"
-        write_atomic(path, data)
+            make_private_dirs(folder)
+        return folder
+
+    def write_snapshot(
+        self, target: str, snapshot_id: str, data: bytes, *, fsync: bool = True
+    ) -> Path:
+        """Write a snapshot named by its id (no quota). Atomic; replaces a same-id file."""
+        path = self._target_folder(target) / f"{snapshot_id}{SUFFIX}"
+        write_atomic(path, data, fsync=fsync)
         return path
+
+    def put_snapshot(
+        self,
+        target: str,
+        data: bytes,
+        *,
+        quota: int,
+        duration: float,
+        digest: str | None = None,
+        fsync: bool = False,
+    ) -> PutResult:
+        """Store a captured call under the target's quota, keeping the slowest calls.
+
+        ``digest`` (of the args section) deduplicates: an identical payload already kept
+        for this target is not written again.
+        """
+        folder = self._target_folder(target)
+        with self._lock:  # threads of one process share the cached view
+            return self._put(folder, data, quota, duration, digest, fsync)
+
+    def _put(
+        self,
+        folder: Path,
+        data: bytes,
+        quota: int,
+        duration: float,
+        digest: str | None,
+        fsync: bool,
+    ) -> PutResult:
+        if folder.name not in self._swept:
+            self._swept.add(folder.name)
+            self.sweep_tmp(folder)
+        view = self._view(folder)
+        if digest is not None and any(e.digest == digest for e in view.entries.values()):
+            return PutResult("duplicate")
+        if not self._within_budget(len(data)):
+            return PutResult("over_budget")
+        if len(view.entries) < quota:
+            start = view.hint if view.hint < quota else 0
+            for k in itertools.chain(range(start, quota), range(start)):
+                name = slot_name(k)
+                if name in view.entries:
+                    continue
+                path = folder / name
+                try:
+                    write_atomic(path, data, exclusive=True, fsync=fsync)
+                except FileExistsError:
+                    continue  # another process took it a moment ago
+                view.hint = k + 1
+                self._remember(view, path, duration, digest, len(data))
+                return PutResult("written", path)
+            view = self._view(folder, force=True)
+            if len(view.entries) < quota:
+                return PutResult("not_slower")  # lost every race; rare, and harmless
+        return self._replace_fastest(folder, view, data, duration, digest, fsync)
+
+    def would_keep(self, target: str, quota: int, duration: float) -> bool:
+        """A cheap, cache-only guess whether a call this slow would be kept (no I/O)."""
+        view = self._views.get(target_slug(target))
+        if view is None or len(view.entries) < quota:
+            return True
+        return duration > min(e.duration for e in view.entries.values())
+
+    def after_fork(self) -> None:
+        """In a forked child: a lock held by another thread at fork time is never released."""
+        object.__setattr__(self, "_lock", threading.Lock())
+
+    def _replace_fastest(
+        self,
+        folder: Path,
+        view: _View,
+        data: bytes,
+        duration: float,
+        digest: str | None,
+        fsync: bool,
+    ) -> PutResult:
+        if not view.entries:
+            return PutResult("not_slower")
+        name, victim = min(view.entries.items(), key=lambda kv: kv[1].duration)
+        if duration <= victim.duration:
+            return PutResult("not_slower")
+        path = folder / name
+        # Re-read the victim right before replacing it: another process may have just put
+        # a slower call there.
+        fresh = self._entry(path)
+        if fresh is None:
+            view.entries.pop(name, None)
+            return PutResult("not_slower")
+        view.entries[name] = fresh
+        if duration <= fresh.duration:
+            return PutResult("not_slower")
+        write_atomic(path, data, fsync=fsync)
+        self._remember(view, path, duration, digest, len(data), replaced=fresh.size)
+        return PutResult("replaced", path)
+
+    def _remember(
+        self,
+        view: _View,
+        path: Path,
+        duration: float,
+        digest: str | None,
+        size: int,
+        replaced: int = 0,
+    ) -> None:
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        view.entries[path.name] = _Entry(
+            (st.st_ino, st.st_size, st.st_mtime_ns), duration, digest, size
+        )
+        if self._usage:
+            self._usage[1] += size - replaced
+
+    def _view(self, folder: Path, *, force: bool = False) -> _View:
+        view = self._views.setdefault(folder.name, _View())
+        now = time.monotonic()
+        if not force and now - view.refreshed < self.view_ttl:
+            return view
+        seen: dict[str, _Entry] = {}
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if not entry.name.endswith(SUFFIX) or entry.name.startswith(TMP_PREFIX):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+                    old = view.entries.get(entry.name)
+                    if old is not None and old.key == key:
+                        seen[entry.name] = old
+                        continue
+                    fresh = self._entry(Path(entry.path))
+                    if fresh is not None:
+                        seen[entry.name] = fresh
+        except FileNotFoundError:
+            pass
+        view.entries = seen
+        view.refreshed = now
+        return view
+
+    @staticmethod
+    def _entry(path: Path) -> _Entry | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        try:
+            header = read_header_file(path)
+        except SnapshotError:
+            return _Entry(key, -1.0, None, st.st_size)  # unreadable: replaced first
+        duration = header.duration
+        return _Entry(key, -1.0 if duration is None else duration, header.args_digest, st.st_size)
+
+    # -- byte budget --------------------------------------------------------
+
+    def usage(self) -> int:
+        """Bytes used by snapshot files (a fresh scan)."""
+        total = 0
+        for p in self.snapshot_paths():
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    def _within_budget(self, size: int) -> bool:
+        if self.budget_bytes is None:
+            return True
+        now = time.monotonic()
+        if not self._usage or now - self._usage[0] > 5.0:
+            self._usage[:] = [now, float(self.usage())]
+        return self._usage[1] + size <= self.budget_bytes
+
+    # -- listing and cleaning -----------------------------------------------
 
     def snapshot_paths(self) -> list[Path]:
         if not self.snapshots_dir.is_dir():
@@ -117,17 +412,106 @@ class Store:
             p for p in self.snapshots_dir.glob(f"*/*{SUFFIX}") if not p.name.startswith(TMP_PREFIX)
         )
 
+    def headers(self) -> Iterator[tuple[Path, Header | SnapshotError]]:
+        """Every snapshot file with its header, or the error that stops it being read."""
+        for path in self.snapshot_paths():
+            try:
+                yield path, read_header_file(path)
+            except SnapshotError as exc:
+                yield path, exc
+
+    def find(self, ref: str) -> Path:
+        """A snapshot by id (or unique id prefix), file name or path."""
+        candidate = Path(ref)
+        if candidate.is_file():
+            return candidate
+        matches = []
+        for path, header in self.headers():
+            sid = header.id if isinstance(header, Header) else None
+            if ref in (sid, path.stem, path.name) or (sid or "").startswith(ref):
+                matches.append(path)
+        if not matches:
+            raise StoreError(f"no snapshot {ref!r} in {self.snapshots_dir}; see `perfreplay list`")
+        if len(matches) > 1:
+            raise StoreError(f"{ref!r} matches {len(matches)} snapshots; give more of the id")
+        return matches[0]
+
     def iter_tmp_files(self) -> Iterator[Path]:
         if self.snapshots_dir.is_dir():
             yield from self.snapshots_dir.glob(f"*/{TMP_PREFIX}*")
 
+    def sweep_tmp(self, folder: Path | None = None, *, max_age: float = STALE_TMP_SECONDS) -> int:
+        """Remove temp files left by dead writers (or older than ``max_age``)."""
+        paths = folder.glob(f"{TMP_PREFIX}*") if folder is not None else self.iter_tmp_files()
+        removed = 0
+        now = time.time()
+        for tmp in paths:
+            try:
+                age = now - tmp.stat().st_mtime
+            except OSError:
+                continue
+            if age > max_age or not _writer_alive(tmp.name):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    removed += 1
+        return removed
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False) -> None:
-    """Write to a temp file in the destination folder, fsync, then rename into place.
+    def forget(self) -> None:
+        """Drop cached views (after pruning or other out-of-band changes)."""
+        self._views.clear()
+        self._usage.clear()
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Temp names carry the writer's pid: ``.tmp-<name>.<pid>.<random>``."""
+    parts = tmp_name.rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True  # not ours to judge by pid; the age rule still applies
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def make_private_dirs(path: Path) -> None:
+    """``mkdir -p`` where every folder this call creates is 0700 (``parents=True`` is not)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+
+
+def write_atomic(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int = 0o600,
+    exclusive: bool = False,
+    fsync: bool = True,
+) -> None:
+    """Write to a temp file in the destination folder, then rename (or link) into place.
 
     The temp file lives beside the destination (same filesystem, so the rename is atomic)
     and is removed on any failure: a crash never leaves a half-written file visible.
-    ``exclusive`` refuses to replace an existing file (FileExistsError).
+    ``exclusive`` refuses to replace an existing file (FileExistsError). ``fsync`` makes
+    the data durable before it becomes visible (needed against power loss, not crashes).
     """
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -137,7 +521,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool 
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if exclusive:

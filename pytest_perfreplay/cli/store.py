@@ -1,0 +1,268 @@
+"""``perfreplay list|show|verify|prune``: inspect and clean the snapshot store.
+
+Nothing here unpickles a snapshot, except ``show --args``, which verifies it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import reprlib
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import PerfReplayError, SnapshotError, StoreError
+from ..snapshot import Header, read_header_file, verify
+from ..store import Store
+
+
+def register(sub: Any) -> None:
+    store_help = "store folder (default $PERFREPLAY_STORE or .perfreplay)"
+
+    p = sub.add_parser("list", help="targets in the store: counts, sizes, slowest calls")
+    p.add_argument("--store", default=None, help=store_help)
+    p.set_defaults(func=run_list)
+
+    p = sub.add_parser("show", help="a snapshot's header; --args also prints its arguments")
+    p.add_argument("id", help="snapshot id (or a unique prefix), or a file path")
+    p.add_argument("--store", default=None, help=store_help)
+    p.add_argument(
+        "--args", action="store_true", help="verify the signature, then print the arguments"
+    )
+    p.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned snapshot")
+    p.set_defaults(func=run_show)
+
+    p = sub.add_parser("verify", help="verify every snapshot; exits 1 if any fails")
+    p.add_argument("--store", default=None, help=store_help)
+    p.add_argument("--allow-unsigned", action="store_true", help="accept unsigned snapshots")
+    p.set_defaults(func=run_verify)
+
+    p = sub.add_parser("prune", help="delete snapshots by age, count or target")
+    p.add_argument("--store", default=None, help=store_help)
+    p.add_argument(
+        "--older-than",
+        type=duration_arg,
+        metavar="AGE",
+        help="captured before AGE ago (30m, 12h, 7d)",
+    )
+    p.add_argument(
+        "--keep", type=count_arg, metavar="N", help="per target, keep only the N slowest calls"
+    )
+    p.add_argument("--target", action="append", default=[], help="delete this target's snapshots")
+    p.add_argument("--invalid", action="store_true", help="delete files that fail verification")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    p.set_defaults(func=run_prune)
+
+
+# -- argument types ---------------------------------------------------------
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def duration_arg(text: str) -> float:
+    raw = text.strip().lower()
+    try:
+        value = float(raw[:-1]) * _UNITS[raw[-1]] if raw and raw[-1] in _UNITS else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age; use seconds or a number with s, m, h, d or w (e.g. 7d)"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; ages are >= 0")
+    return value
+
+
+def count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; give a count >= 0")
+    return value
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return Store.from_env(args.store)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _seconds(d: float | None) -> str:
+    if d is None:
+        return "-"
+    if d >= 1:
+        return f"{d:.2f} s"
+    if d >= 1e-3:
+        return f"{d * 1e3:.2f} ms"
+    return f"{d * 1e6:.1f} µs"
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def run_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    groups: dict[str, list[tuple[Path, Header]]] = defaultdict(list)
+    unreadable = 0
+    for path, header in store.headers():
+        if isinstance(header, Header):
+            groups[header.target].append((path, header))
+        else:
+            unreadable += 1
+    if not groups and not unreadable:
+        print(f"no snapshots in {store.snapshots_dir}")
+        return 0
+    width = max([len(t) for t in groups] + [6])
+    print(f"{'target':<{width}}  {'count':>5}  {'size':>9}  {'slowest':>10}  {'newest':<16}")
+    for target in sorted(groups):
+        items = groups[target]
+        size = sum(p.stat().st_size for p, _ in items if p.exists())
+        durations = [h.duration for _, h in items if h.duration is not None]
+        newest = max((h.captured_at or 0.0) for _, h in items)
+        print(
+            f"{target:<{width}}  {len(items):>5}  {_size(size):>9}  "
+            f"{_seconds(max(durations) if durations else None):>10}  {_when(newest):<16}"
+        )
+    total = sum(len(v) for v in groups.values())
+    print(f"\n{total} snapshot(s) in {store.snapshots_dir}")
+    if unreadable:
+        print(f"{unreadable} unreadable file(s): run `perfreplay verify` to see why")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    path = store.find(args.id)
+    if not args.args:
+        header = read_header_file(path)
+        print(f"# {path}")
+        print(json.dumps(dict(header.fields), indent=2, sort_keys=True))
+        return 0
+    snapshot = verify(
+        path.read_bytes(),
+        keyring=store.keyring(),
+        allow_unsigned=args.allow_unsigned,
+        path=str(path),
+    )
+    print(f"# {path} ({'signature verified' if snapshot.signed else 'UNSIGNED, not verified'})")
+    print(json.dumps(dict(snapshot.header.fields), indent=2, sort_keys=True))
+    call_args, call_kwargs = snapshot.load_call()
+    short = reprlib.Repr()
+    short.maxstring = 200
+    short.maxother = 200
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 20
+    short.maxlevel = 4
+    print("\nargs:")
+    for i, value in enumerate(call_args):
+        print(f"  [{i}] {short.repr(value)}")
+    print("kwargs:")
+    for key, value in call_kwargs.items():
+        print(f"  {key}={short.repr(value)}")
+    if snapshot.header.has_result:
+        print(f"result: {short.repr(snapshot.load_result())}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    store = _store(args)
+    keyring = store.keyring()
+    paths = store.snapshot_paths()
+    failed = 0
+    for path in paths:
+        try:
+            snapshot = verify(
+                path.read_bytes(),
+                keyring=keyring,
+                allow_unsigned=args.allow_unsigned,
+                allow_python_mismatch=True,  # a version mismatch is a replay-time matter
+                path=str(path),
+            )
+        except (SnapshotError, OSError) as exc:
+            failed += 1
+            print(f"FAIL {exc}")
+            continue
+        note = "" if snapshot.signed else " (unsigned)"
+        print(f"ok   {path.relative_to(store.root)} {snapshot.header.target}{note}")
+    swept = store.sweep_tmp()
+    print(
+        f"\n{len(paths) - failed} ok, {failed} failed"
+        + (f"; swept {swept} temp file(s)" if swept else "")
+    )
+    if not paths:
+        print(f"no snapshots in {store.snapshots_dir}")
+    return 1 if failed else 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    if args.older_than is None and args.keep is None and not args.target and not args.invalid:
+        raise PerfReplayError(
+            "prune needs at least one of --older-than AGE, --keep N, --target T, --invalid"
+        )
+    store = _store(args)
+    now = time.time()
+    doomed: dict[Path, str] = {}
+    by_target: dict[str, list[tuple[Path, Header]]] = defaultdict(list)
+    keyring = store.keyring() if args.invalid else None
+    for path, header in store.headers():
+        if not isinstance(header, Header):
+            if args.invalid:
+                doomed[path] = f"unreadable: {header}"
+            continue
+        by_target[header.target].append((path, header))
+        captured = header.captured_at
+        if args.older_than is not None:
+            when = captured if captured is not None else _mtime(path)
+            if now - when > args.older_than:
+                doomed[path] = "older than --older-than"
+        if header.target in args.target:
+            doomed[path] = "--target"
+        if args.invalid and path not in doomed:
+            try:
+                verify(
+                    path.read_bytes(), keyring=keyring, allow_python_mismatch=True, path=str(path)
+                )
+            except (SnapshotError, OSError) as exc:
+                doomed[path] = f"invalid: {exc}"
+    if args.keep is not None:
+        for items in by_target.values():
+            alive = [(p, h) for p, h in items if p not in doomed]
+            alive.sort(key=lambda ph: ph[1].duration or 0.0, reverse=True)
+            for p, _ in alive[args.keep :]:
+                doomed[p] = f"beyond the {args.keep} slowest"
+    for path, why in sorted(doomed.items()):
+        print(f"{'would delete' if args.dry_run else 'deleted'} {path} ({why})")
+        if not args.dry_run:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"cannot delete {path}: {exc}") from exc
+    swept = 0 if args.dry_run else store.sweep_tmp()
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {len(doomed)} snapshot(s)" + (f"; swept {swept} temp file(s)" if swept else ""))
+    return 0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return time.time()

@@ -1,0 +1,1 @@
+"""Importable targets and subprocess entry points for the capture tests."""
