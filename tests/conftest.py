@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.speedscope_app"]
+pytest_plugins = ["tests.speedscope_app", "tests.s3_server"]

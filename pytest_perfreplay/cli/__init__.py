@@ -13,9 +13,9 @@ from ..errors import PerfReplayError
 
 
 def _command_modules() -> list[ModuleType]:
-    from . import history, profile, store
+    from . import history, profile, remote, store
 
-    return [store, history, profile]
+    return [store, remote, history, profile]
 
 
 def build_parser() -> argparse.ArgumentParser:
