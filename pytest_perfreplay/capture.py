@@ -84,7 +84,7 @@ class _State:
     """Process-wide capture state. ``active`` is the one flag the hot path reads."""
 
     active: bool = field(default_factory=_env_enabled)
-    store: Any = None  # a local Store, or a remote one (duck-typed: write_snapshot/accepts)
+    store: Any = None  # a local Store, or a remote one (duck-typed: would_keep/put_snapshot)
     keyring: Keyring | None = None
     fsync: bool = False
     disabled_reason: str | None = None
@@ -490,13 +490,9 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
         return
     _local.busy = True
     try:
-        store = state.get_store()
-        local = isinstance(store, Store)
-        if local and not store.would_keep(site.target, site.max_snapshots, duration):
+        store = state.get_store()  # a local Store or a RemoteStore: the same protocol
+        if not store.would_keep(site.target, site.max_snapshots, duration):
             state.skip("not_slower")
-            return
-        if not local and not store.accepts(site.target):
-            state.skip("quota_full")
             return
         sections = {"args": pending.payload}
         fields = dict(site.static())
@@ -522,10 +518,6 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
         data, header = encode_parts(
             fields, sections, keyring=state.get_keyring(), compress=site.compress
         )
-        if not local:  # the remote store uploads off the call path and keeps its own counts
-            store.write_snapshot(site.target, snapshot_id, data, max_snapshots=site.max_snapshots)
-            state.captured += 1
-            return
         digest = header["payload"]["sections"][0]["sha256"]
         result = store.put_snapshot(
             site.target,
