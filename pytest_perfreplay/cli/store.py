@@ -1,6 +1,8 @@
 """``perfreplay list|show|verify|prune``: inspect and clean the snapshot store.
 
-Nothing here unpickles a snapshot, except ``show --args``, which verifies it first.
+The store is a local folder or a remote URL (``s3://bucket/prefix``); both are reached
+through the same small ``_Files`` view. Nothing here unpickles a snapshot, except
+``show --args``, which verifies it first.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ import os
 import reprlib
 import time
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PerfReplayError, SnapshotError, StoreError
-from ..snapshot import Header, read_header_file, verify
+from ..snapshot import Header, Keyring, read_header_file, verify
 from ..store import Store
 
 
 def register(sub: Any) -> None:
-    store_help = "store folder (default $PERFREPLAY_STORE or .perfreplay)"
+    store_help = "store folder or URL (default $PERFREPLAY_STORE or .perfreplay)"
 
     p = sub.add_parser("list", help="targets in the store: counts, sizes, slowest calls")
     p.add_argument("--store", default=None, help=store_help)
@@ -88,8 +91,116 @@ def count_arg(text: str) -> int:
 # -- helpers ------------------------------------------------------------------
 
 
-def _store(args: argparse.Namespace) -> Store:
-    return Store.from_env(args.store)
+@dataclass
+class _Files:
+    """The snapshot files of a local or a remote store, addressed by a reference string
+    (a path for a folder, an object key for a URL)."""
+
+    store: Any  # Store | remote.RemoteStore
+    label: str
+
+    @property
+    def remote(self) -> bool:
+        return not isinstance(self.store, Store)
+
+    def headers(self) -> Iterator[tuple[str, Header | SnapshotError]]:
+        if not self.remote:
+            for path, header in self.store.headers():
+                yield str(path), header
+            return
+        for entry in self.store.iter_snapshots():
+            try:
+                yield entry.key, self.store.read_header(entry.key)
+            except SnapshotError as exc:
+                yield entry.key, exc
+
+    def refs(self) -> list[str]:
+        if not self.remote:
+            return [str(p) for p in self.store.snapshot_paths()]
+        return [entry.key for entry in self.store.iter_snapshots()]
+
+    def read(self, ref: str) -> bytes:
+        if not self.remote:
+            with open(ref, "rb") as f:
+                return f.read()
+        data: bytes = self.store.read(ref)
+        return data
+
+    def delete(self, ref: str) -> None:
+        if not self.remote:
+            try:
+                os.unlink(ref)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"cannot delete {ref}: {exc}") from exc
+        else:
+            self.store.delete(ref)
+
+    def find(self, ref: str) -> str:
+        if not self.remote:
+            return str(self.store.find(ref))
+        matches = [
+            key
+            for key, header in self.headers()
+            if isinstance(header, Header) and (header.id.startswith(ref) or key.endswith(ref))
+        ]
+        if len(matches) != 1:
+            what = "no snapshot" if not matches else f"{len(matches)} snapshots match"
+            raise StoreError(f"{what} {ref!r} in {self.label}; see `perfreplay list`")
+        return matches[0]
+
+    def keyring(self) -> Keyring | None:
+        keyring: Keyring | None = self.store.keyring()
+        return keyring
+
+    def sweep_tmp(self) -> int:
+        return 0 if self.remote else int(self.store.sweep_tmp())
+
+    def display(self, ref: str) -> str:
+        if self.remote:
+            return ref
+        try:
+            return os.path.relpath(ref, self.store.root)
+        except ValueError:
+            return ref
+
+
+def _files(args: argparse.Namespace) -> _Files:
+    where = args.store or os.environ.get("PERFREPLAY_STORE") or ".perfreplay"
+    from ..remote import RemoteStore, describe_error, is_remote
+
+    if not is_remote(where):
+        store = Store.from_env(args.store)
+        return _Files(store, str(store.snapshots_dir))
+    remote = RemoteStore.from_url(where)
+    try:
+        remote.check()
+    except Exception as exc:
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(describe_error(exc, where)) from None
+    return _Files(remote, where)
+
+
+def _remote_errors(func: Any) -> Any:
+    """One clear line for network and credential errors, never a botocore traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            code: int = func(args)
+        except (PerfReplayError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            where = args.store or os.environ.get("PERFREPLAY_STORE") or ".perfreplay"
+            from ..remote import describe_error, is_remote
+
+            if not is_remote(where):
+                raise
+            raise StoreError(describe_error(exc, where)) from None
+        return code
+
+    return run
 
 
 def _size(n: float) -> str:
@@ -117,23 +228,24 @@ def _when(t: float | None) -> str:
 # -- commands -----------------------------------------------------------------
 
 
+@_remote_errors
 def run_list(args: argparse.Namespace) -> int:
-    store = _store(args)
-    groups: dict[str, list[tuple[Path, Header]]] = defaultdict(list)
+    files = _files(args)
+    groups: dict[str, list[tuple[str, Header]]] = defaultdict(list)
     unreadable = 0
-    for path, header in store.headers():
+    for path, header in files.headers():
         if isinstance(header, Header):
             groups[header.target].append((path, header))
         else:
             unreadable += 1
     if not groups and not unreadable:
-        print(f"no snapshots in {store.snapshots_dir}")
+        print(f"no snapshots in {files.label}")
         return 0
     width = max([len(t) for t in groups] + [6])
     print(f"{'target':<{width}}  {'count':>5}  {'size':>9}  {'slowest':>10}  {'newest':<16}")
     for target in sorted(groups):
         items = groups[target]
-        size = sum(p.stat().st_size for p, _ in items if p.exists())
+        size = sum(h["payload"]["size"] for _, h in items)
         durations = [h.duration for _, h in items if h.duration is not None]
         newest = max((h.captured_at or 0.0) for _, h in items)
         print(
@@ -141,23 +253,24 @@ def run_list(args: argparse.Namespace) -> int:
             f"{_seconds(max(durations) if durations else None):>10}  {_when(newest):<16}"
         )
     total = sum(len(v) for v in groups.values())
-    print(f"\n{total} snapshot(s) in {store.snapshots_dir}")
+    print(f"\n{total} snapshot(s) in {files.label}")
     if unreadable:
         print(f"{unreadable} unreadable file(s): run `perfreplay verify` to see why")
     return 0
 
 
+@_remote_errors
 def run_show(args: argparse.Namespace) -> int:
-    store = _store(args)
-    path = store.find(args.id)
+    files = _files(args)
+    path = files.find(args.id)
     if not args.args:
-        header = read_header_file(path)
+        header = read_header_file(path) if not files.remote else files.store.read_header(path)
         print(f"# {path}")
         print(json.dumps(dict(header.fields), indent=2, sort_keys=True))
         return 0
     snapshot = verify(
-        path.read_bytes(),
-        keyring=store.keyring(),
+        files.read(path),
+        keyring=files.keyring(),
         allow_unsigned=args.allow_unsigned,
         path=str(path),
     )
@@ -180,15 +293,16 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+@_remote_errors
 def run_verify(args: argparse.Namespace) -> int:
-    store = _store(args)
-    keyring = store.keyring()
-    paths = store.snapshot_paths()
+    files = _files(args)
+    keyring = files.keyring()
+    paths = files.refs()
     failed = 0
     for path in paths:
         try:
             snapshot = verify(
-                path.read_bytes(),
+                files.read(path),
                 keyring=keyring,
                 allow_unsigned=args.allow_unsigned,
                 allow_python_mismatch=True,  # a version mismatch is a replay-time matter
@@ -199,28 +313,29 @@ def run_verify(args: argparse.Namespace) -> int:
             print(f"FAIL {exc}")
             continue
         note = "" if snapshot.signed else " (unsigned)"
-        print(f"ok   {path.relative_to(store.root)} {snapshot.header.target}{note}")
-    swept = store.sweep_tmp()
+        print(f"ok   {files.display(path)} {snapshot.header.target}{note}")
+    swept = files.sweep_tmp()
     print(
         f"\n{len(paths) - failed} ok, {failed} failed"
         + (f"; swept {swept} temp file(s)" if swept else "")
     )
     if not paths:
-        print(f"no snapshots in {store.snapshots_dir}")
+        print(f"no snapshots in {files.label}")
     return 1 if failed else 0
 
 
+@_remote_errors
 def run_prune(args: argparse.Namespace) -> int:
     if args.older_than is None and args.keep is None and not args.target and not args.invalid:
         raise PerfReplayError(
             "prune needs at least one of --older-than AGE, --keep N, --target T, --invalid"
         )
-    store = _store(args)
+    files = _files(args)
     now = time.time()
-    doomed: dict[Path, str] = {}
-    by_target: dict[str, list[tuple[Path, Header]]] = defaultdict(list)
-    keyring = store.keyring() if args.invalid else None
-    for path, header in store.headers():
+    doomed: dict[str, str] = {}
+    by_target: dict[str, list[tuple[str, Header]]] = defaultdict(list)
+    keyring = files.keyring() if args.invalid else None
+    for path, header in files.headers():
         if not isinstance(header, Header):
             if args.invalid:
                 doomed[path] = f"unreadable: {header}"
@@ -228,16 +343,14 @@ def run_prune(args: argparse.Namespace) -> int:
         by_target[header.target].append((path, header))
         captured = header.captured_at
         if args.older_than is not None:
-            when = captured if captured is not None else _mtime(path)
+            when = captured if captured is not None else _mtime(path, files)
             if now - when > args.older_than:
                 doomed[path] = "older than --older-than"
         if header.target in args.target:
             doomed[path] = "--target"
         if args.invalid and path not in doomed:
             try:
-                verify(
-                    path.read_bytes(), keyring=keyring, allow_python_mismatch=True, path=str(path)
-                )
+                verify(files.read(path), keyring=keyring, allow_python_mismatch=True, path=path)
             except (SnapshotError, OSError) as exc:
                 doomed[path] = f"invalid: {exc}"
     if args.keep is not None:
@@ -249,19 +362,16 @@ def run_prune(args: argparse.Namespace) -> int:
     for path, why in sorted(doomed.items()):
         print(f"{'would delete' if args.dry_run else 'deleted'} {path} ({why})")
         if not args.dry_run:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise StoreError(f"cannot delete {path}: {exc}") from exc
-    swept = 0 if args.dry_run else store.sweep_tmp()
+            files.delete(path)
+    swept = 0 if args.dry_run else files.sweep_tmp()
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(doomed)} snapshot(s)" + (f"; swept {swept} temp file(s)" if swept else ""))
     return 0
 
 
-def _mtime(path: Path) -> float:
+def _mtime(path: str, files: _Files) -> float:
+    if files.remote:
+        return time.time()  # no capture time in the header: never pruned by age alone
     try:
         return os.stat(path).st_mtime
     except OSError:
