@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from .rounds import RoundPolicy
 from .store import DEFAULT_ROOT, STORE_ENV
 
 PROFILERS = ("auto", "py-spy", "pyinstrument")
@@ -35,6 +36,16 @@ def _positive_int(value: str) -> int:
         raise ValueError(f"{value!r} is not an integer") from None
     if number < 1:
         raise ValueError(f"{value!r} must be >= 1")
+    return number
+
+
+def _tolerance(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number such as 1e-9") from None
+    if not 0 <= number < 1:
+        raise ValueError(f"{value!r} must be >= 0 and < 1")
     return number
 
 
@@ -97,6 +108,13 @@ OPTIONS: tuple[_Option, ...] = (
         "collect",
         _choice(GC_POLICIES),
     ),
+    _Option(
+        "processes",
+        "spread rounds over N fresh worker processes, adding more (up to 4N) while the "
+        "precision target is missed and budget remains; 1 times in this process",
+        "1",
+        _positive_int,
+    ),
     _Option("strict", "fail an item whose precision target was missed", "false", _flag, True),
     _Option(
         "allow-unsigned",
@@ -108,6 +126,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "no-result-check", "do not compare results with the captured ones", "false", _flag, True
     ),
+    _Option("result-rtol", "relative tolerance for float results", "1e-9", _tolerance),
+    _Option("result-atol", "absolute tolerance for float results", "0", _tolerance),
     _Option("profile-rate", "profiler sampling rate, Hz", "500", _positive_int),
     _Option("profile-samples", "minimum samples per profile", "1000", _positive_int),
 )
@@ -184,12 +204,28 @@ class ReplayConfig:
     min_rounds: int
     max_rounds: int
     gc: str
+    processes: int
     strict: bool
     allow_unsigned: bool
     check_result: bool
+    result_rtol: float
+    result_atol: float
     profiler: str | None
     profile_rate: int
     profile_samples: int
+
+    def policy(self, **overrides: Any) -> RoundPolicy:
+        fields: dict[str, Any] = {
+            "target": self.precision,
+            "confidence": self.confidence,
+            "estimator": self.estimator,
+            "min_rounds": self.min_rounds,
+            "max_rounds": self.max_rounds,
+            "max_time": self.max_time,
+            "gc": self.gc,
+        }
+        fields.update(overrides)
+        return RoundPolicy(**fields)
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> ReplayConfig:
@@ -218,9 +254,12 @@ class ReplayConfig:
             min_rounds=v["min-rounds"],
             max_rounds=v["max-rounds"],
             gc=v["gc"],
+            processes=v["processes"],
             strict=bool(v["strict"]),
             allow_unsigned=bool(v["allow-unsigned"]),
             check_result=not v["no-result-check"],
+            result_rtol=v["result-rtol"],
+            result_atol=v["result-atol"],
             profiler=profiler or None,
             profile_rate=v["profile-rate"],
             profile_samples=v["profile-samples"],

@@ -37,6 +37,9 @@ class Entry:
     samples: list[float] = field(default_factory=list)
     profile: str | None = None
     profile_calls: int | None = None
+    stop_reason: str | None = None
+    processes: int = 1
+    group_estimates: list[float] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:

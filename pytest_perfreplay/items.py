@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from . import __version__
+from .capture import target_name
 from .config import ReplayConfig
 from .errors import PerfReplayError, SnapshotError
 from .history import Entry, Ledger, bounded, git_state, now
@@ -28,7 +29,7 @@ from .replay import (
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
 from .snapshot import Header, Snapshot, read_header
-from .stats import Comparison, compare
+from .stats import Comparison, compare, compare_groups, preload_scipy
 from .store import Store
 
 
@@ -119,6 +120,12 @@ class SnapshotItem(pytest.Function):
         self.header = header
         self.load_error = load_error
         self.add_marker("perfreplay")
+        # pytest >= 9.2 keeps a structured node id, and --lf matches it against ids parsed
+        # back from strings ("name[params]"); ours is built as a plain child name, so re-parse
+        # it into that same shape, or --lf would never find a snapshot item again.
+        node_id = getattr(self, "_id", None)
+        if node_id is not None and hasattr(type(node_id), "parse"):
+            self._id = type(node_id).parse(str(node_id))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.snapshot_path, None, self.name
@@ -140,7 +147,6 @@ class SnapshotItem(pytest.Function):
 
     def replay(self, request: pytest.FixtureRequest, benchmark: Any) -> None:
         state = self.session_state
-        cfg = state.config
         outcome = ItemOutcome(
             self.nodeid,
             self.header.target if self.header else "?",
@@ -148,233 +154,346 @@ class SnapshotItem(pytest.Function):
         )
         state.outcomes.append(outcome)
         try:
-            self._replay(request, benchmark, state, cfg, outcome)
+            if self.load_error is not None:
+                raise ReplayFailure(_paragraph("cannot read this snapshot", self.load_error))
+            snapshot = load_snapshot(self.snapshot_path, state)
+            try:
+                func = resolve_target(snapshot.header.target)
+            except SnapshotError as exc:
+                raise ReplayFailure(_paragraph("cannot resolve the target", str(exc))) from None
+            replay_snapshot(
+                request=request,
+                benchmark=benchmark,
+                state=state,
+                snapshot=snapshot,
+                func=func,
+                target=snapshot.header.target,
+                outcome=outcome,
+            )
         except (PerfReplayError, ResultMismatch) as exc:
             outcome.error = str(exc).splitlines()[0]
             raise
 
-    def _replay(
-        self,
-        request: pytest.FixtureRequest,
-        benchmark: Any,
-        state: ReplaySession,
-        cfg: ReplayConfig,
-        outcome: ItemOutcome,
-    ) -> None:
-        if self.load_error is not None:
-            raise ReplayFailure(_paragraph("cannot read this snapshot", self.load_error))
-        snapshot = self._load(state, cfg)
-        func = resolve_target(snapshot.header.target)
-        if code_changed(snapshot, func):
-            outcome.notes.append("code changed since capture (the loop at work)")
-        mismatch = python_mismatch(snapshot)
-        if mismatch:
-            outcome.notes.append(mismatch)
-        bindings = self._bindings(request, snapshot)
-        replayer = Replayer(snapshot, func, bindings, gc_policy=cfg.gc)
-        try:
-            self._run(replayer, benchmark, state, cfg, outcome, snapshot, func)
-        finally:
-            replayer.close()
 
-    def _load(self, state: ReplaySession, cfg: ReplayConfig) -> Snapshot:
-        try:
-            return read_snapshot(
-                self.snapshot_path,
-                keyring=state.store.keyring(),
-                allow_unsigned=cfg.allow_unsigned,
-            )
-        except SnapshotError as exc:
-            raise ReplayFailure(_paragraph("refused to load this snapshot", str(exc))) from None
+def load_snapshot(path: Path, state: ReplaySession) -> Snapshot:
+    """Read and verify one snapshot file; a refusal is a readable ReplayFailure."""
+    try:
+        return read_snapshot(
+            path, keyring=state.store.keyring(), allow_unsigned=state.config.allow_unsigned
+        )
+    except SnapshotError as exc:
+        raise ReplayFailure(_paragraph("refused to load this snapshot", str(exc))) from None
 
-    def _bindings(self, request: pytest.FixtureRequest, snapshot: Snapshot) -> dict[str, Any]:
-        bindings: dict[str, Any] = {}
-        for ph in snapshot.header.placeholders:
-            name = ph.get("name", "")
-            try:
-                bindings[name] = request.getfixturevalue(name)
-            except pytest.FixtureLookupError:
-                raise ReplayFailure(
-                    f"this snapshot needs a live resource {name!r} ({ph.get('type')}, at "
-                    f"{ph.get('path')}), which was kept as a placeholder. Write a fixture that "
-                    f"provides it, in a conftest.py at the rootdir:\n\n"
-                    f"    @pytest.fixture\n    def {name}():\n        return ...  # a "
-                    f"{ph.get('type')}"
-                ) from None
-        return bindings
 
-    def _run(
-        self,
-        replayer: Replayer,
-        benchmark: Any,
-        state: ReplaySession,
-        cfg: ReplayConfig,
-        outcome: ItemOutcome,
-        snapshot: Snapshot,
-        func: Callable[..., Any],
-    ) -> None:
+def _bindings(request: pytest.FixtureRequest, snapshot: Snapshot) -> dict[str, Any]:
+    bindings: dict[str, Any] = {}
+    for ph in snapshot.header.placeholders:
+        name = ph.get("name", "")
         try:
-            first, mutated = replayer.first_call()
-        except SnapshotError as exc:
-            raise ReplayFailure(_paragraph("cannot unpickle the arguments", str(exc))) from None
-        except Exception as exc:
+            bindings[name] = request.getfixturevalue(name)
+        except pytest.FixtureLookupError:
             raise ReplayFailure(
-                _paragraph(
-                    "cannot unpickle the arguments",
-                    f"{type(exc).__name__}: {exc}"
-                    + (f" ({outcome.notes[-1]})" if outcome.notes else ""),
-                )
+                f"this snapshot needs a live resource {name!r} ({ph.get('type')}, at "
+                f"{ph.get('path')}), which was kept as a placeholder. Write a fixture that "
+                f"provides it, in a conftest.py at the rootdir:\n\n"
+                f"    @pytest.fixture\n    def {name}():\n        return ...  # a "
+                f"{ph.get('type')}"
             ) from None
-        outcome.mutated = mutated
-        self._check_result(snapshot, first, cfg, outcome)
-        if getattr(benchmark, "disabled", False):
-            return  # --benchmark-disable: one call, no timing, like pytest-benchmark itself
+    return bindings
 
-        policy = RoundPolicy(
-            target=cfg.precision,
-            confidence=cfg.confidence,
-            estimator=cfg.estimator,  # type: ignore[arg-type]
-            min_rounds=cfg.min_rounds,
-            max_rounds=cfg.max_rounds,
-            max_time=cfg.max_time,
-            gc=cfg.gc,  # type: ignore[arg-type]
-        )
-        result = run_rounds(replayer.measure, policy, on_progress=self._progress(state))
-        outcome.rounds = result
-        self._report_to_benchmark(benchmark, result, snapshot, outcome)
 
-        ledger = Ledger.for_snapshot(state.store.history_dir, snapshot.header.target, snapshot.id)
-        previous = ledger.entries()
-        outcome.iteration = previous[-1].iteration + 1 if previous else 1
-        if previous:
-            outcome.vs_previous = _compare(previous[-1], result, cfg)
-            if len(previous) > 1:
-                outcome.vs_first = _compare(previous[0], result, cfg)
+def replay_snapshot(
+    *,
+    request: pytest.FixtureRequest,
+    benchmark: Any,
+    state: ReplaySession,
+    snapshot: Snapshot,
+    func: Callable[..., Any],
+    target: str,
+    outcome: ItemOutcome,
+    policy: RoundPolicy | None = None,
+) -> RoundsResult | None:
+    """The whole replay of one snapshot against ``func``: shared by items and the fixture.
 
-        profile_calls = None
-        if cfg.profiler:
-            profile_calls = self._profile(replayer, state, cfg, outcome, snapshot, func, previous)
+    First call (result check, mutation check), then the timed rounds, the report to
+    pytest-benchmark, the history comparison, the optional profile, and the ledger entry.
+    Returns None when timing is off (``--benchmark-disable``).
+    """
+    cfg = state.config
+    if target == snapshot.header.target and code_changed(snapshot, func):
+        outcome.notes.append("code changed since capture (the loop at work)")
+    mismatch = python_mismatch(snapshot)
+    if mismatch:
+        outcome.notes.append(mismatch)
+    bindings = _bindings(request, snapshot)
+    replayer = Replayer(snapshot, func, bindings, gc_policy=cfg.gc)
+    try:
+        return _run(request, replayer, benchmark, state, outcome, snapshot, func, target, policy)
+    finally:
+        replayer.close()
 
-        commit, dirty = git_state(str(self.config.rootpath))
-        ledger.append(
-            Entry(
-                iteration=outcome.iteration,
-                time=now(),
-                commit=commit,
-                dirty=dirty,
-                target=snapshot.header.target,
-                snapshot=snapshot.id,
-                estimator=result.interval.estimator,
-                estimate=result.interval.estimate,
-                low=result.interval.low,
-                high=result.interval.high,
-                precision=result.precision,
-                rounds=result.rounds,
-                target_met=result.target_met,
-                samples=bounded(result.samples),
-                profile=str(outcome.profile_path) if outcome.profile_path else None,
-                profile_calls=profile_calls,
-            )
-        )
-        if cfg.strict and not result.target_met:
-            raise ReplayFailure(
-                f"precision target missed (--perf-replay-strict): reached "
-                f"±{result.precision:.2%} of the {result.interval.estimator}, asked for "
-                f"±{cfg.precision:.2%}; stopped on {result.stop_reason} after {result.rounds} "
-                f"rounds. Raise --perf-replay-max-time, or quiet the machine."
-            )
 
-    def _check_result(
-        self, snapshot: Snapshot, first: CallOutcome, cfg: ReplayConfig, outcome: ItemOutcome
-    ) -> None:
-        if not snapshot.header.has_result or not cfg.check_result:
-            if not first.ok:
-                raise first.value
-            return
-        expected = snapshot.load_result()
-        check_result(expected, first, self.config)
-        outcome.result_check = "same result as captured"
+def _run(
+    request: pytest.FixtureRequest,
+    replayer: Replayer,
+    benchmark: Any,
+    state: ReplaySession,
+    outcome: ItemOutcome,
+    snapshot: Snapshot,
+    func: Callable[..., Any],
+    target: str,
+    policy: RoundPolicy | None,
+) -> RoundsResult | None:
+    cfg = state.config
+    try:
+        first, mutated = replayer.first_call()
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SnapshotError) else str(exc)
+        version = python_mismatch(snapshot)
+        raise ReplayFailure(
+            _paragraph("cannot unpickle the arguments", why + (f" ({version})" if version else ""))
+        ) from None
+    outcome.mutated = mutated
+    _check_result(request, snapshot, first, state, outcome)
+    if getattr(benchmark, "disabled", False):
+        # --benchmark-disable (or pytest-benchmark saw xdist): one call, like pytest-benchmark.
+        outcome.notes.append("not timed: pytest-benchmark is disabled; result checked only")
+        return None
 
-    def _progress(self, state: ReplaySession) -> Callable[[Progress], None] | None:
-        write = state.write_progress
-        if write is None:
-            return None
+    policy = policy or cfg.policy()
+    result = _time(replayer, state, outcome, snapshot, func, target, policy)
+    outcome.rounds = result
+    _report_to_benchmark(benchmark, result, snapshot, target, outcome)
 
-        def on_progress(p: Progress) -> None:
-            if p.elapsed >= 2.0:
-                write(f"{self.name}: {p.rounds} rounds, ±{p.precision:.2%} after {p.elapsed:.0f} s")
+    ledger = Ledger.for_snapshot(state.store.history_dir, target, snapshot.id)
+    previous = ledger.entries()
+    outcome.iteration = previous[-1].iteration + 1 if previous else 1
+    if previous:
+        outcome.vs_previous = _compare(previous[-1], result, cfg)
+        if len(previous) > 1:
+            outcome.vs_first = _compare(previous[0], result, cfg)
 
-        return on_progress
+    profile_calls = None
+    if cfg.profiler:
+        profile_calls = _profile(replayer, state, outcome, snapshot, func, previous)
 
-    def _report_to_benchmark(
-        self, benchmark: Any, result: RoundsResult, snapshot: Snapshot, outcome: ItemOutcome
-    ) -> None:
-        iv = result.interval
-        benchmark.extra_info.update(
-            {
-                "perfreplay": __version__,
-                "snapshot": snapshot.id,
-                "target": snapshot.header.target,
-                "estimator": iv.estimator,
-                "estimate": iv.estimate,
-                "interval": [iv.low, iv.high],
-                "confidence": iv.confidence,
-                "precision": result.precision,
-                "precision_target": result.policy.target,
-                "target_met": result.target_met,
-                "stop_reason": result.stop_reason,
-                "warmup_rounds": len(result.warmup),
-                "processes": 1,
-                "gc_policy": result.policy.gc,
-                "mutated_arguments": outcome.mutated,
-                "elapsed": result.elapsed,
-            }
-        )
-        stats = benchmark._make_stats(1)
-        for sample in result.samples:
-            stats.update(sample)
-
-    def _profile(
-        self,
-        replayer: Replayer,
-        state: ReplaySession,
-        cfg: ReplayConfig,
-        outcome: ItemOutcome,
-        snapshot: Snapshot,
-        func: Callable[..., Any],
-        previous: list[Entry],
-    ) -> int | None:
-        from .profiling import PassSettings, run_profile_pass
-
-        assert outcome.rounds is not None
-        settings = PassSettings(
-            profiler=cfg.profiler or "auto",
-            rate=cfg.profile_rate,
-            min_samples=cfg.profile_samples,
-            profiles_dir=state.store.profiles_dir,
-        )
-        done = run_profile_pass(
-            replayer,
-            func,
-            snapshot,
+    commit, dirty = git_state(str(request.config.rootpath))
+    ledger.append(
+        Entry(
             iteration=outcome.iteration,
-            median=outcome.rounds.interval.estimate,
-            settings=settings,
-            previous=previous[-1] if previous else None,
+            time=now(),
+            commit=commit,
+            dirty=dirty,
+            target=target,
+            snapshot=snapshot.id,
+            estimator=result.interval.estimator,
+            estimate=result.interval.estimate,
+            low=result.interval.low,
+            high=result.interval.high,
+            precision=result.precision,
+            rounds=result.rounds,
+            target_met=result.target_met,
+            samples=bounded(result.samples),
+            profile=str(outcome.profile_path) if outcome.profile_path else None,
+            profile_calls=profile_calls,
+            stop_reason=result.stop_reason,
+            processes=result.processes,
+            group_estimates=list(result.group_estimates),
         )
-        outcome.profile_path = done.path
-        outcome.profile_lines = done.lines
-        outcome.notes.extend(done.notes)
-        return done.calls
+    )
+    if cfg.strict and not result.target_met:
+        raise ReplayFailure(
+            f"precision target missed (--perf-replay-strict): reached "
+            f"±{result.precision:.2%} of the {result.interval.estimator}, asked for "
+            f"±{result.policy.target:.2%}; stopped on {result.stop_reason} after "
+            f"{result.rounds} rounds. Raise --perf-replay-max-time, or quiet the machine."
+        )
+    return result
+
+
+def _time(
+    replayer: Replayer,
+    state: ReplaySession,
+    outcome: ItemOutcome,
+    snapshot: Snapshot,
+    func: Callable[..., Any],
+    target: str,
+    policy: RoundPolicy,
+) -> RoundsResult:
+    cfg = state.config
+    preload_scipy()  # its ~1 s import must not land inside the round budget
+    progress = _progress(state, target)
+    if cfg.processes > 1:
+        why_not = _why_not_processes(snapshot, func, target)
+        if why_not is None:
+            from .workers import WorkerError, WorkerJob, run_processes
+
+            job = WorkerJob(
+                snapshot_path=str(snapshot.path),
+                store=str(state.store.root),
+                allow_unsigned=cfg.allow_unsigned,
+                target=None if target == snapshot.header.target else target,
+            )
+            try:
+                return run_processes(job, policy, cfg.processes, on_progress=progress)
+            except WorkerError as exc:
+                raise ReplayFailure(str(exc)) from None
+        outcome.notes.append(f"timed in this process, not in worker processes: {why_not}")
+    with replayer.timing():
+        return run_rounds(replayer.measure, policy, on_progress=progress)
+
+
+def _why_not_processes(snapshot: Snapshot, func: Callable[..., Any], target: str) -> str | None:
+    if snapshot.header.placeholders:
+        return "its placeholders are bound to fixtures, which exist only here"
+    if not snapshot.path:
+        return "the snapshot has no file a worker could load"
+    if "<locals>" in target or target_name(func) != target:
+        return f"{target} cannot be imported by name in a fresh process"
+    return None
+
+
+def _check_result(
+    request: pytest.FixtureRequest,
+    snapshot: Snapshot,
+    first: CallOutcome,
+    state: ReplaySession,
+    outcome: ItemOutcome,
+) -> None:
+    cfg = state.config
+    if not snapshot.header.has_result or not cfg.check_result:
+        if not first.ok:
+            raise first.value
+        return
+    expected = snapshot.load_result()
+    try:
+        custom = request.getfixturevalue("perf_replay_compare")
+    except pytest.FixtureLookupError:
+        custom = None
+    check_result(
+        expected,
+        first,
+        request.config,
+        compare=custom,
+        rel=cfg.result_rtol,
+        abs_=cfg.result_atol,
+    )
+    outcome.result_check = "same result as captured"
+
+
+def _progress(state: ReplaySession, name: str) -> Callable[[Progress], None] | None:
+    write = state.write_progress
+    if write is None:
+        return None
+    last = [0.0]
+
+    def on_progress(p: Progress) -> None:
+        # Quiet for short items; then one line every few seconds.
+        if p.elapsed >= 3.0 and p.elapsed - last[0] >= 3.0:
+            last[0] = p.elapsed
+            precision = f"±{p.precision:.2%}" if p.precision < 1e9 else "not yet bounded"
+            phase = "" if p.warmup_done else " (warming up)"
+            write(
+                f"perfreplay {name}: {p.rounds} rounds{phase}, {precision} after {p.elapsed:.0f} s"
+            )
+
+    return on_progress
+
+
+def _report_to_benchmark(
+    benchmark: Any, result: RoundsResult, snapshot: Snapshot, target: str, outcome: ItemOutcome
+) -> None:
+    iv = result.interval
+    benchmark.extra_info.update(
+        {
+            "perfreplay": __version__,
+            "snapshot": snapshot.id,
+            "target": target,
+            "captured_target": snapshot.header.target,
+            "estimator": iv.estimator,
+            "estimate": iv.estimate,
+            "interval": [iv.low, iv.high],
+            "interval_method": iv.method,
+            "confidence": iv.confidence,
+            "precision": result.precision,
+            "precision_target": result.policy.target,
+            "target_met": result.target_met,
+            "stop_reason": result.stop_reason,
+            "warmup_rounds": len(result.warmup),
+            "warmup_settled": result.warmup_settled,
+            "processes": result.processes,
+            "rounds_per_process": list(result.groups),
+            "gc_policy": result.policy.gc,
+            "mutated_arguments": outcome.mutated,
+            "result_check": outcome.result_check,
+            "elapsed": result.elapsed,
+        }
+    )
+    stats = benchmark._make_stats(1)
+    # pytest-benchmark records its own options with each result; record what was used.
+    stats.options = {
+        "disable_gc": result.policy.gc == "disable",
+        "timer": "time.perf_counter_ns",
+        "min_rounds": result.policy.min_rounds,
+        "max_time": result.policy.max_time,
+        "min_time": 0,
+        "precision": result.policy.target,
+        "confidence": result.policy.confidence,
+        "warmup": "detected",
+    }
+    for sample in result.samples:
+        stats.update(sample)
+
+
+def _profile(
+    replayer: Replayer,
+    state: ReplaySession,
+    outcome: ItemOutcome,
+    snapshot: Snapshot,
+    func: Callable[..., Any],
+    previous: list[Entry],
+) -> int | None:
+    from .profiling import PassSettings, run_profile_pass
+
+    cfg = state.config
+    assert outcome.rounds is not None
+    settings = PassSettings(
+        profiler=cfg.profiler or "auto",
+        rate=cfg.profile_rate,
+        min_samples=cfg.profile_samples,
+        profiles_dir=state.store.profiles_dir,
+    )
+    done = run_profile_pass(
+        replayer,
+        func,
+        snapshot,
+        iteration=outcome.iteration,
+        median=outcome.rounds.interval.estimate,
+        settings=settings,
+        previous=previous[-1] if previous else None,
+    )
+    outcome.profile_path = done.path
+    outcome.profile_lines = done.lines
+    outcome.notes.extend(done.notes)
+    return done.calls
 
 
 def _compare(entry: Entry, result: RoundsResult, cfg: ReplayConfig) -> Comparison | None:
+    """Compare with a ledger entry: by process when both runs had several, else by round."""
+    estimator = cfg.estimator  # validated by the config
+    if len(entry.group_estimates) >= 2 and len(result.group_estimates) >= 2:
+        return compare_groups(
+            entry.group_estimates,
+            list(result.group_estimates),
+            estimator=estimator,  # type: ignore[arg-type]
+            confidence=cfg.confidence,
+        )
     if not entry.samples or not result.samples:
         return None
     return compare(
         entry.samples,
         list(result.samples),
-        estimator=cfg.estimator,  # type: ignore[arg-type]
+        estimator=estimator,  # type: ignore[arg-type]
         confidence=cfg.confidence,
     )
 

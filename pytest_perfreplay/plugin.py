@@ -9,8 +9,9 @@ import pytest
 from . import hookspecs
 from .capture import configure as configure_capture
 from .config import ReplayConfig, add_options
+from .fixture import perf_replay, perf_replay_compare
 from .items import ReplaySession, SnapshotCollector, SnapshotItem
-from .report import header_line, summary_lines
+from .report import header_line, progress_writer, summary_lines
 from .store import Store
 
 _STATE = pytest.StashKey[ReplaySession]()
@@ -18,6 +19,11 @@ _STATE = pytest.StashKey[ReplaySession]()
 
 def replay_session(config: pytest.Config) -> ReplaySession | None:
     return config.stash.get(_STATE, None)
+
+
+def set_replay_session(config: pytest.Config, state: ReplaySession) -> None:
+    state.write_progress = progress_writer(config)
+    config.stash[_STATE] = state
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,18 +41,22 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
         raise pytest.UsageError(
-            "--perf-replay times code, and pytest-xdist would run timings in parallel and "
-            "skew them; run without -n (or with -p no:xdist)"
+            "--perf-replay times code, and pytest-xdist (-n) would run the timings in "
+            "parallel, where they disturb each other; run it with -n 0 (or -p no:xdist). "
+            "--perf-replay-processes N spreads rounds over fresh processes the right way."
         )
     configure_capture(enabled=False)  # replaying must never capture again
-    state = ReplaySession(config=cfg, store=Store(cfg.store))
-    config.stash[_STATE] = state
+    set_replay_session(config, ReplaySession(config=cfg, store=Store(cfg.store)))
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     # `pytest --perf-replay` with no paths runs only the snapshots, not the test suite.
     state = replay_session(config)
-    if state is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
+    if (
+        state is not None
+        and state.config.enabled
+        and config.args_source != pytest.Config.ArgsSource.ARGS
+    ):
         return True
     return None
 
@@ -57,17 +67,20 @@ def pytest_collection_modifyitems(
 ) -> None:
     # tryfirst: snapshot items must exist before -k, -m and --lf filter the list.
     state = replay_session(config)
-    if state is None:
+    if state is None or not state.config.enabled:
         return
     collector = SnapshotCollector.from_parent(
         session, name="perfreplay", nodeid="perfreplay", replay=state
     )
-    items.extend(collector.collect())
+    # Through the report hooks, like any collector, so "collected N items" counts them.
+    report = config.hook.pytest_make_collect_report(collector=collector)
+    config.hook.pytest_collectreport(report=report)
+    items.extend(x for x in report.result if isinstance(x, pytest.Item))
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
     state = replay_session(config)
-    if state is None:
+    if state is None or not state.config.enabled:
         return None
     return header_line(state, len(state.store.snapshot_paths()))
 
@@ -81,4 +94,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(line)
 
 
-__all__ = ["SnapshotItem", "replay_session"]
+__all__ = [
+    "SnapshotItem",
+    "perf_replay",
+    "perf_replay_compare",
+    "replay_session",
+    "set_replay_session",
+]

@@ -1,26 +1,77 @@
-"""The terminal summary, built as lines; ``plugin.py`` only writes them."""
+"""The terminal summary and live progress, built as lines; ``plugin.py`` only writes them."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from .items import ItemOutcome, ReplaySession
+from .stats import Comparison
 
 
 def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "unbounded"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
+        if abs(seconds) >= scale:
             return f"{seconds / scale:.4g} {unit}"
     return f"{seconds / 1e-9:.4g} ns"
 
 
 def header_line(state: ReplaySession, count: int) -> str:
     cfg = state.config
+    where = "this process" if cfg.processes == 1 else f"{cfg.processes}+ worker processes"
     return (
         f"perfreplay: store {state.store.root}, {count} snapshot(s), target "
         f"±{cfg.precision:.2%} of the {cfg.estimator} at {cfg.confidence:.0%} confidence, "
-        f"budget {cfg.max_time:g} s per snapshot"
+        f"budget {cfg.max_time:g} s per snapshot in {where}, gc={cfg.gc}"
     )
+
+
+def progress_writer(config: pytest.Config) -> Callable[[str], None] | None:
+    """Write a progress line during a test without it landing in the captured output.
+
+    The terminal reporter is looked up at write time: at configure time it may not exist yet.
+    """
+    if config.get_verbosity() < 0:
+        return None
+
+    def write(line: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        capman = config.pluginmanager.get_plugin("capturemanager")
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                reporter.write_line(line)
+        else:
+            reporter.write_line(line)
+
+    return write
+
+
+def _vs(c: Comparison, what: str) -> str:
+    if c.significant and c.verdict == "slower":
+        r, lo, hi = 1 / c.ratio, 1 / c.high, 1 / c.low
+    else:
+        r, lo, hi = c.ratio, c.low, c.high
+    span = f"{r:.3g}x" + (f" {c.verdict}" if c.significant else "") + f" [{lo:.3g}-{hi:.3g}]"
+    if c.significant:
+        return f"{span} vs {what}, significant"
+    return f"no significant change vs {what} ({span}, p={c.p_value:.2g})"
+
+
+def comparison_line(previous: Comparison | None, first: Comparison | None) -> str | None:
+    """``1.32x faster [1.29-1.35] vs previous, significant; 2.1x faster [...] vs first, ...``"""
+    parts = []
+    if previous is not None:
+        parts.append(_vs(previous, "previous"))
+    if first is not None:
+        parts.append(_vs(first, "first"))
+    return "; ".join(parts) if parts else None
 
 
 def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
@@ -31,24 +82,30 @@ def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
     r = o.rounds
     if r is not None:
         iv = r.interval
-        status = "target met" if r.target_met else f"TARGET MISSED ({r.stop_reason})"
+        status = "target met" if r.target_met else "TARGET MISSED"
         lines.append(
             f"  {iv.estimator} {_fmt_time(iv.estimate)}  "
             f"{iv.confidence:.0%} CI [{_fmt_time(iv.low)} – {_fmt_time(iv.high)}]  "
-            f"precision ±{r.precision:.2%} ({status})"
+            f"±{r.precision:.2%} (target ±{r.policy.target:.2%}: {status})"
         )
+        where = f" in {r.processes} processes" if r.processes > 1 else ""
+        warm = f"{len(r.warmup)} warmup" + ("" if r.warmup_settled else " (never settled)")
         lines.append(
-            f"  rounds {r.rounds} after {len(r.warmup)} warmup, {r.elapsed:.1f} s, "
-            f"gc={r.policy.gc}, stopped on {r.stop_reason}"
+            f"  {r.rounds} rounds{where} after {warm}, {r.elapsed:.1f} s, gc={r.policy.gc}, "
+            f"stopped: {r.stop_reason}"
         )
-    if o.vs_previous is not None:
-        lines.append(f"  vs previous: {o.vs_previous.describe()}")
-    if o.vs_first is not None:
-        lines.append(f"  vs first:    {o.vs_first.describe()}")
+        if not r.target_met:
+            lines.append(
+                f"  !! precision target missed: ±{r.precision:.2%} reached, "
+                f"±{r.policy.target:.2%} asked; the interval above is honest, just wider"
+            )
+    change = comparison_line(o.vs_previous, o.vs_first)
+    if change:
+        lines.append(f"  change: {change}")
     if o.result_check:
         lines.append(f"  result: {o.result_check}")
     if o.mutated:
-        lines.append("  note: the call mutates its arguments (fresh arguments every round)")
+        lines.append("  note: the call mutates its arguments (each round got fresh ones)")
     for note in o.notes:
         lines.append(f"  note: {note}")
     if o.profile_path is not None:
@@ -71,12 +128,13 @@ def summary_lines(state: ReplaySession, cwd: Path) -> list[str]:
     missed = [o for o in state.outcomes if o.rounds is not None and not o.rounds.target_met]
     if missed:
         lines.append(
-            f"{len(missed)} snapshot(s) missed the precision target: raise "
-            "--perf-replay-max-time, or run on a quieter machine (--perf-replay-strict fails them)"
+            f"!! {len(missed)} snapshot(s) MISSED the precision target: raise "
+            "--perf-replay-max-time, try --perf-replay-processes, or run on a quieter machine "
+            "(--perf-replay-strict fails them)"
         )
     lines.append(
-        f"history: {_rel(state.store.history_dir, cwd)}"
+        f"history: {_rel(state.store.history_dir, cwd)} (`perfreplay history TARGET`)"
         + (f"; profiles: {_rel(state.store.profiles_dir, cwd)}" if state.config.profiler else "")
-        + "; open a profile with `perfreplay open FILE`"
+        + ("; open a profile with `perfreplay open FILE`" if state.config.profiler else "")
     )
     return lines

@@ -39,6 +39,7 @@ from typing import Literal, get_args
 from pytest_perfreplay.stats import ESTIMATORS, Estimator, Interval, detect_warmup, interval
 
 __all__ = [
+    "STOP_MAX_PROCESSES",
     "STOP_MAX_ROUNDS",
     "STOP_TARGET",
     "STOP_TIME",
@@ -56,6 +57,7 @@ GC_POLICIES: tuple[str, ...] = get_args(GcPolicy)
 STOP_TARGET = "target met"
 STOP_MAX_ROUNDS = "max rounds"
 STOP_TIME = "time budget"
+STOP_MAX_PROCESSES = "max processes"
 
 #: Samples per half of the warmup detector's comparison (see ``stats.detect_warmup``).
 WARMUP_WINDOW = 5
@@ -135,6 +137,12 @@ class RoundsResult:
     warmup_settled: bool = True
     #: How many precision checks the stopping rule made.
     checks: int = 0
+    #: Worker processes the rounds were spread over (1: the calling process).
+    processes: int = 1
+    #: Measured rounds per process, in order (empty for one process).
+    groups: tuple[int, ...] = ()
+    #: The estimator's value in each process, in order (empty for one process).
+    group_estimates: tuple[float, ...] = ()
 
     @property
     def rounds(self) -> int:

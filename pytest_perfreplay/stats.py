@@ -23,11 +23,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats as sps  # type: ignore[import-untyped, unused-ignore]
 
 __all__ = [
     "MIN_QUANTILE",
@@ -36,6 +35,7 @@ __all__ = [
     "Estimator",
     "Interval",
     "compare",
+    "compare_groups",
     "detect_warmup",
     "estimate",
     "group_interval",
@@ -52,6 +52,19 @@ MIN_QUANTILE = 0.05
 Verdict = Literal["faster", "slower", "no change"]
 
 FloatArray = npt.NDArray[np.float64]
+
+
+def _sps() -> Any:
+    """scipy.stats, imported on first use: it costs ~0.8 s, and worker processes that only
+    take rounds (and detect warmup with numpy) should not pay it at start-up."""
+    from scipy import stats  # type: ignore[import-untyped, unused-ignore]
+
+    return stats
+
+
+def preload_scipy() -> None:
+    """Import scipy.stats now, before a timed loop whose budget should not pay for it."""
+    _sps()
 
 
 @dataclass(frozen=True)
@@ -204,8 +217,8 @@ def _order_stat_indices(n: int, q: float, confidence: float) -> tuple[int | None
     alpha = 1 - confidence
     tail = alpha / 2
     # Largest j with P(B <= j) <= tail. ppf gives the smallest j with P(B <= j) >= tail.
-    j = int(sps.binom.ppf(tail, n, q))
-    if sps.binom.cdf(j, n, q) > tail * (1 + 1e-12):
+    j = int(_sps().binom.ppf(tail, n, q))
+    if _sps().binom.cdf(j, n, q) > tail * (1 + 1e-12):
         j -= 1
     lo: int | None = j if j >= 0 else None
     if q == 0.5:
@@ -213,8 +226,8 @@ def _order_stat_indices(n: int, q: float, confidence: float) -> tuple[int | None
         hi: int | None = n - 1 - j if j >= 0 else None
     else:
         # Smallest j with P(B <= j) >= 1 - tail; that order statistic (0-based) is x[j].
-        k = int(sps.binom.ppf(1 - tail, n, q))
-        if k > 0 and sps.binom.cdf(k - 1, n, q) >= (1 - tail) * (1 - 1e-12):
+        k = int(_sps().binom.ppf(1 - tail, n, q))
+        if k > 0 and _sps().binom.cdf(k - 1, n, q) >= (1 - tail) * (1 - 1e-12):
             k -= 1
         hi = k if k <= n - 1 else None
     return lo, hi
@@ -248,7 +261,7 @@ def _quantile_interval(
     name = "median" if q == 0.5 else f"{q:g}-quantile"
     if lo is not None and hi is not None:
         # P(lo < B <= hi), B ~ Binomial(n, q): the exact coverage of [x(lo), x(hi)].
-        coverage = float(sps.binom.cdf(hi, n, q) - sps.binom.cdf(lo, n, q))
+        coverage = float(_sps().binom.cdf(hi, n, q) - _sps().binom.cdf(lo, n, q))
         method = f"exact order-statistic interval for the {name} (x[{lo + 1}], x[{hi + 1}] of {n})"
     else:
         coverage = math.nan
@@ -282,7 +295,7 @@ def _t_interval(x: FloatArray, confidence: float) -> Interval:
             "Student-t interval for the mean: unbounded, n=1 has no spread estimate",
         )
     sem = float(np.std(x, ddof=1)) / math.sqrt(n)
-    hw = float(sps.t.ppf((1 + confidence) / 2, n - 1)) * sem
+    hw = float(_sps().t.ppf((1 + confidence) / 2, n - 1)) * sem
     return Interval(
         mean,
         mean - hw,
@@ -350,7 +363,7 @@ def group_interval(
     k = len(per_group)
     ests = np.array([iv.estimate for iv in per_group], dtype=np.float64)
     center = float(np.mean(ests))
-    between = float(sps.t.ppf((1 + confidence) / 2, k - 1)) * float(np.std(ests, ddof=1))
+    between = float(_sps().t.ppf((1 + confidence) / 2, k - 1)) * float(np.std(ests, ddof=1))
     between /= math.sqrt(k)
     hws = [iv.half_width for iv in per_group]
     hw = between
@@ -503,7 +516,7 @@ def compare(
     b = _as_array(baseline, "baseline")
     c = _as_array(candidate, "candidate")
 
-    mw = sps.mannwhitneyu(b, c, alternative="two-sided")
+    mw = _sps().mannwhitneyu(b, c, alternative="two-sided")
     p = float(mw.pvalue)
     if not math.isfinite(p):
         p = 1.0  # all values tied: no evidence of a difference
@@ -542,6 +555,63 @@ def compare(
         estimator=estimator,
         baseline_estimate=b_est,
         candidate_estimate=c_est,
+        n_baseline=int(b.size),
+        n_candidate=int(c.size),
+    )
+
+
+def compare_groups(
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    *,
+    estimator: Estimator = "median",
+    confidence: float = 0.95,
+    min_effect: float = 0.01,
+) -> Comparison:
+    """Compare two runs by their per-process estimates (``--perf-replay-processes``).
+
+    Pooling every round would treat rounds of one process as independent draws, and call
+    any between-process (or between-session) shift significant. Here the unit is the
+    process: Welch's t-test on the log of the per-process estimates (unequal counts and
+    variances), and its interval for the difference of log-means, exponentiated into a
+    ratio ``baseline / candidate`` (geometric means). The same minimum-effect rule as
+    :func:`compare` applies.
+    """
+    _check_estimator(estimator)
+    _check_confidence(confidence)
+    b = np.log(_as_array(baseline, "baseline"))
+    c = np.log(_as_array(candidate, "candidate"))
+    if b.size < 2 or c.size < 2:
+        raise ValueError("compare_groups needs at least two per-process estimates per side")
+    vb, vc = float(np.var(b, ddof=1)) / b.size, float(np.var(c, ddof=1)) / c.size
+    diff = float(np.mean(b) - np.mean(c))
+    se = math.sqrt(vb + vc)
+    if se == 0:
+        p, half = (1.0 if diff == 0 else 0.0), 0.0
+    else:
+        df = (vb + vc) ** 2 / (vb**2 / (b.size - 1) + vc**2 / (c.size - 1))
+        t = diff / se
+        p = float(2 * _sps().t.sf(abs(t), df))
+        half = float(_sps().t.ppf((1 + confidence) / 2, df)) * se
+    ratio, low, high = math.exp(diff), math.exp(diff - half), math.exp(diff + half)
+    outside = high < 1 / (1 + min_effect) or low > 1 + min_effect
+    significant = bool(p < 1 - confidence and outside)
+    verdict: Verdict = "no change"
+    if significant:
+        verdict = "faster" if ratio > 1 else "slower"
+    return Comparison(
+        ratio=ratio,
+        low=low,
+        high=high,
+        p_value=p,
+        significant=significant,
+        verdict=verdict,
+        confidence=confidence,
+        min_effect=min_effect,
+        method=f"Welch t-test on log per-process {estimator} estimates",
+        estimator=estimator,
+        baseline_estimate=float(np.exp(np.mean(b))),
+        candidate_estimate=float(np.exp(np.mean(c))),
         n_baseline=int(b.size),
         n_candidate=int(c.size),
     )
