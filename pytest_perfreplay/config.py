@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from .remote import default_cache, is_remote
 from .rounds import RoundPolicy
 from .store import DEFAULT_ROOT, STORE_ENV
 
@@ -94,7 +95,11 @@ class _Option:
 
 OPTIONS: tuple[_Option, ...] = (
     _Option(
-        "store", f"snapshot store: a folder (default ${STORE_ENV} or {DEFAULT_ROOT})", None, str
+        "store",
+        f"snapshot store: a folder or a URL such as s3://bucket/prefix, pulled into a local "
+        f"cache first (default ${STORE_ENV} or {DEFAULT_ROOT})",
+        None,
+        str,
     ),
     _Option("precision", "target precision: CI half-width / estimate", "0.01", _fraction),
     _Option("confidence", "confidence level of the interval", "0.95", _fraction),
@@ -119,6 +124,13 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "allow-unsigned",
         "load unsigned snapshots (only from a source you trust)",
+        "false",
+        _flag,
+        True,
+    ),
+    _Option(
+        "allow-python-mismatch",
+        "load snapshots captured on another Python minor version (pickles may misbehave)",
         "false",
         _flag,
         True,
@@ -196,7 +208,8 @@ def _value(config: pytest.Config, opt: _Option) -> Any:
 @dataclass(frozen=True)
 class ReplayConfig:
     enabled: bool
-    store: Path
+    store: Path  # the local folder replay reads: the store itself, or a remote's cache
+    store_url: str | None  # the remote store, when the store is a URL
     precision: float
     confidence: float
     estimator: str
@@ -207,6 +220,7 @@ class ReplayConfig:
     processes: int
     strict: bool
     allow_unsigned: bool
+    allow_python_mismatch: bool
     check_result: bool
     result_rtol: float
     result_atol: float
@@ -236,7 +250,10 @@ class ReplayConfig:
                 f"perf_replay_profile: {profiler!r} is not one of {', '.join(PROFILERS)}"
             )
         store = v["store"] or os.environ.get(STORE_ENV) or DEFAULT_ROOT
-        store_path = Path(store)
+        store_url = store if is_remote(store) else None
+        store_path = (
+            default_cache(store, config.rootpath / DEFAULT_ROOT) if store_url else Path(store)
+        )
         if not store_path.is_absolute():
             store_path = Path(config.rootpath) / store_path
         if v["min-rounds"] > v["max-rounds"]:
@@ -247,6 +264,7 @@ class ReplayConfig:
         return cls(
             enabled=bool(config.getoption("perf_replay")),
             store=store_path,
+            store_url=store_url,
             precision=v["precision"],
             confidence=v["confidence"],
             estimator=v["estimator"],
@@ -257,6 +275,7 @@ class ReplayConfig:
             processes=v["processes"],
             strict=bool(v["strict"]),
             allow_unsigned=bool(v["allow-unsigned"]),
+            allow_python_mismatch=bool(v["allow-python-mismatch"]),
             check_result=not v["no-result-check"],
             result_rtol=v["result-rtol"],
             result_atol=v["result-atol"],

@@ -64,6 +64,7 @@ class ReplaySession:
     store: Store
     outcomes: list[ItemOutcome] = field(default_factory=list)
     write_progress: Callable[[str], None] | None = None
+    pulled: list[str] = field(default_factory=list)  # what pulling a remote store reported
 
 
 class SnapshotCollector(pytest.Collector):
@@ -179,7 +180,10 @@ def load_snapshot(path: Path, state: ReplaySession) -> Snapshot:
     """Read and verify one snapshot file; a refusal is a readable ReplayFailure."""
     try:
         return read_snapshot(
-            path, keyring=state.store.keyring(), allow_unsigned=state.config.allow_unsigned
+            path,
+            keyring=state.store.keyring(),
+            allow_unsigned=state.config.allow_unsigned,
+            allow_python_mismatch=state.config.allow_python_mismatch,
         )
     except SnapshotError as exc:
         raise ReplayFailure(_paragraph("refused to load this snapshot", str(exc))) from None
@@ -188,6 +192,8 @@ def load_snapshot(path: Path, state: ReplaySession) -> Snapshot:
 def _bindings(request: pytest.FixtureRequest, snapshot: Snapshot) -> dict[str, Any]:
     bindings: dict[str, Any] = {}
     for ph in snapshot.header.placeholders:
+        if ph.get("auto"):
+            continue  # rebuilt by the unpickling hook itself (e.g. a fresh lock)
         name = ph.get("name", "")
         try:
             bindings[name] = request.getfixturevalue(name)

@@ -46,7 +46,20 @@ def pytest_configure(config: pytest.Config) -> None:
             "--perf-replay-processes N spreads rounds over fresh processes the right way."
         )
     configure_capture(enabled=False)  # replaying must never capture again
-    set_replay_session(config, ReplaySession(config=cfg, store=Store(cfg.store)))
+    store = Store(cfg.store)
+    pulled: list[str] = []
+    if cfg.store_url is not None:
+        from .errors import StoreError
+        from .remote import pull_into_cache
+
+        try:
+            store, report = pull_into_cache(
+                cfg.store_url, cache=cfg.store, allow_unsigned=cfg.allow_unsigned
+            )
+        except StoreError as exc:
+            raise pytest.UsageError(f"--perf-replay-store: {exc}") from None
+        pulled = report.lines()
+    set_replay_session(config, ReplaySession(config=cfg, store=store, pulled=pulled))
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -82,7 +95,8 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     state = replay_session(config)
     if state is None or not state.config.enabled:
         return None
-    return header_line(state, len(state.store.snapshot_paths()))
+    lines = [*state.pulled, header_line(state, len(state.store.snapshot_paths()))]
+    return "\n".join(lines)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -20,13 +20,25 @@ from .snapshot import Keyring, Snapshot, code_hash, inspect_unwrap, python_minor
 GcPolicy = str  # "collect" | "disable" | "enable"; validated by rounds.RoundPolicy
 
 
-def read_snapshot(path: Path, *, keyring: Keyring | None, allow_unsigned: bool = False) -> Snapshot:
+def read_snapshot(
+    path: Path,
+    *,
+    keyring: Keyring | None,
+    allow_unsigned: bool = False,
+    allow_python_mismatch: bool = False,
+) -> Snapshot:
     """Read and verify a snapshot file; raises SnapshotError with a readable reason."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise SnapshotError(f"cannot read: {exc.strerror or exc}", path=str(path)) from None
-    return verify(data, keyring=keyring, allow_unsigned=allow_unsigned, path=str(path))
+    return verify(
+        data,
+        keyring=keyring,
+        allow_unsigned=allow_unsigned,
+        allow_python_mismatch=allow_python_mismatch,
+        path=str(path),
+    )
 
 
 def resolve_target(target: str) -> Callable[..., Any]:

@@ -290,6 +290,7 @@ def _worker(job: WorkerJob, out: IO[str]) -> None:
         Path(job.snapshot_path),
         keyring=Store(Path(job.store)).keyring(),
         allow_unsigned=job.allow_unsigned,
+        allow_python_mismatch=True,  # the parent verified it and decided already
     )
     func = resolve_target(job.target or snapshot.header.target)
     policy = RoundPolicy(**job.policy)
