@@ -386,6 +386,26 @@ class _Counters:
 _INSTANCES: weakref.WeakSet[RemoteStore] = weakref.WeakSet()
 
 
+def _register_exit_flush(flush: Callable[[], None]) -> None:
+    """Flush before interpreter shutdown starts refusing new executor work.
+
+    Plain ``atexit`` runs after ``threading`` has shut down, when asyncio (under s3fs) can
+    no longer schedule the DNS lookups a fresh connection needs, so a short-lived process
+    would lose its snapshots. ``threading._register_atexit`` runs earlier; registering
+    after ``concurrent.futures.thread`` is imported puts our flush before its shutdown.
+    """
+    import concurrent.futures.thread  # noqa: F401  (its exit hook must be registered first)
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        atexit.register(flush)
+        return
+    try:
+        register(flush)
+    except RuntimeError:  # already shutting down
+        atexit.register(flush)
+
+
 def _reset_all_after_fork() -> None:
     for store in list(_INSTANCES):
         store._after_fork()
@@ -594,7 +614,7 @@ class RemoteStore:
         thread.start()
         if not self._atexit_registered:
             self._atexit_registered = True
-            atexit.register(self._flush_at_exit)
+            _register_exit_flush(self._flush_at_exit)
 
     def _flush_at_exit(self) -> None:
         if self._pid != os.getpid() or self._thread is None:
@@ -667,6 +687,8 @@ class RemoteStore:
 
     def _run(self) -> None:
         failures = 0
+        with contextlib.suppress(Exception):  # connect now, not at exit (errors come later)
+            self.filesystem()
         while True:
             with self._cond:
                 while not self._queue and self._off is None:
