@@ -467,6 +467,13 @@ class SpeedscopeApp:
             f"{self.index_html.resolve().as_uri()}#localProfilePath="
             f"{urllib.parse.quote(str(js_path.resolve()), safe='/')}"
         )
+        return self.load_url(url, path=path, timeout=timeout)
+
+    def load_url(self, url: str, *, path: Path | None = None, timeout: float = 30.0) -> AppLoad:
+        """Open an app URL built elsewhere (e.g. by ``perfreplay open --print-url``)."""
+        if path is None:
+            where = url.split("localProfilePath=", 1)[-1].split("&", 1)[0]
+            path = Path(urllib.parse.unquote(where))
         browser = self._ensure_browser()
         context = browser.call("Target.createBrowserContext")["browserContextId"]
         try:
@@ -559,3 +566,33 @@ def speedscope_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Speedsc
         yield app
     finally:
         app.close()
+
+
+# ------------------------------------------------------------------------------------------
+# the real py-spy
+
+
+@pytest.fixture(scope="session")
+def real_pyspy() -> str:
+    """The py-spy executable, once it has been seen attaching to this very process.
+
+    The one gate for every real-py-spy test: skips locally when attaching is refused (and says
+    how to fix it), fails under CI=true.
+    """
+    from pytest_perfreplay.profiling import pyspy
+
+    check = pyspy.preflight(pyspy.PySpyOptions())
+    if check.refusal is not None or check.executable is None:
+        unavailable(f"py-spy cannot attach here: {check.refusal}")
+    try:
+        deadline = time.perf_counter() + 0.2
+
+        def spin() -> None:
+            while time.perf_counter() < deadline:
+                pass
+
+        pyspy.record(spin, pyspy.PySpyOptions(rate=200))
+    except pyspy.PySpyError as exc:
+        unavailable(f"py-spy could not attach to the test process: {exc}")
+    assert check.executable is not None
+    return check.executable

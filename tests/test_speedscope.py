@@ -791,3 +791,52 @@ def test_diff_rejects_bad_call_counts_and_empty_input() -> None:
         S.diff(doc, doc, old_calls=0, new_calls=1, name="d", exporter="e")
     with pytest.raises(S.SpeedscopeError):
         S.diff({"foo": 1}, doc, old_calls=1, new_calls=1, name="d", exporter="e")
+
+
+# --------------------------------------------------------------------------- large-file I/O
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"samples": [[1,2],[3],[1,2]], "weights": [1, 2.5e-3, 0.01]}',
+        '{"samples": [], "x": {"weights": [1, true]}}',
+        '[{"samples":[[1, 2 ], [ ]], "weights":[0.1,0.2]}]',
+        '{"name": "\\"samples\\": [[1]]", "samples": [[0]]}',
+        '{"samples": [[1,-2]], "weights": [null]}',
+        '{"samples": [[1.0, 2]], "weights": [1e400]}',
+    ],
+)
+def test_parse_json_equals_json_loads(text: str) -> None:
+    assert S.parse_json(text) == json.loads(text)
+
+
+def test_parse_json_shares_repeated_stacks_and_dump_round_trips() -> None:
+    frames = [frame(f"f{i}", APP, i) for i in range(3)]
+    doc = sampled_doc(frames, [[0, 1], [0, 2], [0, 1]] * 5, [0.01] * 15)
+    parsed = S.parse_json(json.dumps(doc))
+    samples = parsed["profiles"][0]["samples"]
+    assert samples[0] is samples[2]  # one list per distinct stack
+    assert parsed == doc
+    assert json.loads("".join(S.dump_chunks(parsed, chunk=4))) == doc
+    merged = S.merge([parsed, parsed], name="m", exporter="e")
+    assert json.loads("".join(S.dump_chunks(merged, chunk=4))) == json.loads(json.dumps(merged))
+
+
+def test_summary_shares_never_print_minus_zero() -> None:
+    # 1 - user share would be -1e-16 here and print "-0%"
+    frames = [frame("f", APP, 1), frame("g", APP, 2)]
+    doc = sampled_doc(frames, [[0], [0, 1]], [0.1, 0.2])
+    summary = S.summarize(doc)
+    assert summary.library_share == 0.0 and summary.user_share == pytest.approx(1.0)
+    assert "libraries 0%" in summary.lines()[0]
+    assert len(summary.lines()) == 2 + len(summary.by_self)  # one ranking by default
+    assert len(summary.lines(by_total=True)) == 3 + 2 * len(summary.by_self)
+
+
+def test_calls_in_name() -> None:
+    assert S.calls_in_name({"name": "m:f [abc] (2048 calls, py-spy)"}) == 2048
+    assert S.calls_in_name({"name": "m:f [abc] (1 call)"}) == 1
+    assert S.calls_in_name({"name": "m:f [abc] (0 calls, py-spy)"}) is None
+    assert S.calls_in_name({"name": "py-spy profile"}) is None
+    assert S.calls_in_name({}) is None
