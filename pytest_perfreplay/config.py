@@ -142,6 +142,22 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("result-atol", "absolute tolerance for float results", "0", _tolerance),
     _Option("profile-rate", "profiler sampling rate, Hz", "500", _positive_int),
     _Option("profile-samples", "minimum samples per profile", "1000", _positive_int),
+    _Option("profile-native", "py-spy --native: C extension frames too", "false", _flag, True),
+    _Option("profile-gil", "py-spy --gil: only samples holding the GIL", "false", _flag, True),
+    _Option("profile-idle", "py-spy --idle: include waiting time", "false", _flag, True),
+    _Option(
+        "profile-nonblocking",
+        "py-spy --nonblocking: never pause the process while sampling",
+        "false",
+        _flag,
+        True,
+    ),
+    _Option(
+        "profile-diff-threshold",
+        "per-call share a function must move by to count as changed in the profile diff",
+        "0.02",
+        _fraction,
+    ),
 )
 
 
@@ -227,6 +243,11 @@ class ReplayConfig:
     profiler: str | None
     profile_rate: int
     profile_samples: int
+    profile_native: bool
+    profile_gil: bool
+    profile_idle: bool
+    profile_nonblocking: bool
+    profile_diff_threshold: float
 
     def policy(self, **overrides: Any) -> RoundPolicy:
         fields: dict[str, Any] = {
@@ -282,4 +303,9 @@ class ReplayConfig:
             profiler=profiler or None,
             profile_rate=v["profile-rate"],
             profile_samples=v["profile-samples"],
+            profile_native=bool(v["profile-native"]),
+            profile_gil=bool(v["profile-gil"]),
+            profile_idle=bool(v["profile-idle"]),
+            profile_nonblocking=bool(v["profile-nonblocking"]),
+            profile_diff_threshold=v["profile-diff-threshold"],
         )

@@ -468,6 +468,11 @@ def _profile(
         rate=cfg.profile_rate,
         min_samples=cfg.profile_samples,
         profiles_dir=state.store.profiles_dir,
+        native=cfg.profile_native,
+        gil=cfg.profile_gil,
+        idle=cfg.profile_idle,
+        nonblocking=cfg.profile_nonblocking,
+        diff_threshold=cfg.profile_diff_threshold,
     )
     done = run_profile_pass(
         replayer,

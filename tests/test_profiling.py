@@ -397,3 +397,30 @@ def test_pyinstrument_pass_and_diff_in_real_sessions(
     for path in written:
         assert_valid_speedscope(json.loads(path.read_text()))
         speedscope_app.load(path).assert_ok()
+
+
+def test_pyspy_flags_reach_pyspy(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture(pytester)
+    log = pytester.path / "argv.txt"
+    fake = pytester.path / "fake-py-spy"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {log}\nexit 3\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PERFREPLAY_PYSPY", str(fake))
+    result = replay(
+        pytester,
+        "auto",
+        "--perf-replay-profile-rate=250",
+        "--perf-replay-profile-native",
+        "--perf-replay-profile-gil",
+        "--perf-replay-profile-idle",
+        "--perf-replay-profile-nonblocking",
+    )
+    result.assert_outcomes(passed=1)
+    argv = log.read_text().split()
+    assert argv[:3] == ["record", "--pid", argv[2]] and argv[2].isdigit()
+    for flag in ("--native", "--gil", "--idle", "--nonblocking"):
+        assert flag in argv
+    assert argv[argv.index("--rate") + 1] == "250"
+    result.stdout.fnmatch_lines(["*py-spy unavailable, used pyinstrument instead*exited with 3*"])
