@@ -200,7 +200,7 @@ def add_options(parser: pytest.Parser) -> None:
                 flag,
                 dest=_dest(opt.name),
                 default=None,
-                help=f"{opt.help} (default: {opt.default})",
+                help=opt.help if opt.default is None else f"{opt.help} (default: {opt.default})",
             )
         parser.addini(_ini_name(opt.name), opt.help, default=opt.default)
 
