@@ -120,6 +120,13 @@ OPTIONS: tuple[_Option, ...] = (
         "1",
         _positive_int,
     ),
+    _Option(
+        "drift",
+        "between-session drift allowed when comparing iterations (relative SD of one "
+        "session's estimate); refined from reruns of unchanged code in the history",
+        "0.02",
+        _fraction,
+    ),
     _Option("strict", "fail an item whose precision target was missed", "false", _flag, True),
     _Option(
         "allow-unsigned",
@@ -234,6 +241,7 @@ class ReplayConfig:
     max_rounds: int
     gc: str
     processes: int
+    drift: float
     strict: bool
     allow_unsigned: bool
     allow_python_mismatch: bool
@@ -294,6 +302,7 @@ class ReplayConfig:
             max_rounds=v["max-rounds"],
             gc=v["gc"],
             processes=v["processes"],
+            drift=v["drift"],
             strict=bool(v["strict"]),
             allow_unsigned=bool(v["allow-unsigned"]),
             allow_python_mismatch=bool(v["allow-python-mismatch"]),

@@ -40,11 +40,24 @@ class Entry:
     stop_reason: str | None = None
     processes: int = 1
     group_estimates: list[float] = field(default_factory=list)
+    code_hash: str | None = None  # of the target replayed: equal hashes make an A/A pair
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def aa_pairs(entries: Sequence[Entry]) -> list[tuple[float, float]]:
+    """Estimates of consecutive runs of unchanged code: the ledger's own A/A experiments."""
+    return [
+        (a.estimate, b.estimate)
+        for a, b in zip(entries, entries[1:], strict=False)
+        if a.code_hash is not None
+        and a.code_hash == b.code_hash
+        and a.estimator == b.estimator
+        and a.processes == b.processes == 1
+    ]
 
 
 def bounded(samples: Sequence[float], limit: int = MAX_SAMPLES) -> list[float]:

@@ -17,7 +17,7 @@ from . import __version__
 from .capture import target_name
 from .config import ReplayConfig
 from .errors import PerfReplayError, SnapshotError
-from .history import Entry, Ledger, bounded, git_state, now
+from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
 from .replay import (
     CallOutcome,
     Replayer,
@@ -28,8 +28,8 @@ from .replay import (
 )
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
-from .snapshot import Header, Snapshot, read_header
-from .stats import Comparison, compare, compare_groups, preload_scipy
+from .snapshot import Header, Snapshot, code_hash, read_header
+from .stats import Comparison, compare, compare_groups, preload_scipy, session_drift
 from .store import Store
 
 
@@ -51,6 +51,7 @@ class ItemOutcome:
     vs_first: Comparison | None = None
     result_check: str | None = None
     mutated: bool = False
+    drift: float | None = None  # between-session drift allowed in the comparisons
     profile_path: Path | None = None
     profile_lines: list[str] = field(default_factory=list)
     error: str | None = None
@@ -274,10 +275,13 @@ def _run(
     ledger = Ledger.for_snapshot(state.store.history_dir, target, snapshot.id)
     previous = ledger.entries()
     outcome.iteration = previous[-1].iteration + 1 if previous else 1
+    current_code = code_hash(func)
     if previous:
-        outcome.vs_previous = _compare(previous[-1], result, cfg)
+        drift = session_drift(aa_pairs(previous), prior=cfg.drift)
+        outcome.drift = drift
+        outcome.vs_previous = _compare(previous[-1], result, cfg, drift)
         if len(previous) > 1:
-            outcome.vs_first = _compare(previous[0], result, cfg)
+            outcome.vs_first = _compare(previous[0], result, cfg, drift)
 
     profile_calls = None
     if cfg.profiler:
@@ -305,6 +309,7 @@ def _run(
             stop_reason=result.stop_reason,
             processes=result.processes,
             group_estimates=list(result.group_estimates),
+            code_hash=current_code,
         )
     )
     if cfg.strict and not result.target_met:
@@ -489,7 +494,9 @@ def _profile(
     return done.calls
 
 
-def _compare(entry: Entry, result: RoundsResult, cfg: ReplayConfig) -> Comparison | None:
+def _compare(
+    entry: Entry, result: RoundsResult, cfg: ReplayConfig, drift: float
+) -> Comparison | None:
     """Compare with a ledger entry: by process when both runs had several, else by round."""
     estimator = cfg.estimator  # validated by the config
     if len(entry.group_estimates) >= 2 and len(result.group_estimates) >= 2:
@@ -506,6 +513,7 @@ def _compare(entry: Entry, result: RoundsResult, cfg: ReplayConfig) -> Compariso
         list(result.samples),
         estimator=estimator,  # type: ignore[arg-type]
         confidence=cfg.confidence,
+        drift=drift,
     )
 
 

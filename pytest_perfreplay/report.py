@@ -86,7 +86,7 @@ def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
         lines.append(
             f"  {iv.estimator} {_fmt_time(iv.estimate)}  "
             f"{iv.confidence:.0%} CI [{_fmt_time(iv.low)} – {_fmt_time(iv.high)}]  "
-            f"±{r.precision:.2%} (target ±{r.policy.target:.2%}: {status})"
+            f"±{r.precision:.2%} in-session (target ±{r.policy.target:.2%}: {status})"
         )
         where = f" in {r.processes} processes" if r.processes > 1 else ""
         warm = f"{len(r.warmup)} warmup" + ("" if r.warmup_settled else " (never settled)")
@@ -101,7 +101,8 @@ def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
             )
     change = comparison_line(o.vs_previous, o.vs_first)
     if change:
-        lines.append(f"  change: {change}")
+        allowance = f" (allowing {o.drift:.1%} drift between sessions)" if o.drift else ""
+        lines.append(f"  change: {change}{allowance}")
     if o.result_check:
         lines.append(f"  result: {o.result_check}")
     if o.mutated:

@@ -498,12 +498,17 @@ def compare(
     min_effect: float = 0.01,
     seed: int = 0,
     resamples: int = 2000,
+    drift: float = 0.0,
 ) -> Comparison:
     """Compare two sets of timings (any sizes).
 
     * p-value: two-sided Mann-Whitney U (rank test; no normality or equal-n assumption).
     * Ratio ``baseline / candidate`` of the estimators with a percentile bootstrap interval
       (independent resampling of each side, seeded so the answer is reproducible).
+    * ``drift``: the relative standard deviation of a whole session's estimate around the
+      truth (hash seed, memory layout, machine load). Rounds within one session cannot see
+      it, so comparing two sessions adds it, once per side, to the log-ratio's variance;
+      the interval widens and a normal test on the widened log ratio can only raise p.
     * Significant only when ``p < 1 - confidence`` and the whole ratio interval lies outside
       ``[1 / (1 + min_effect), 1 + min_effect]``: a real but negligible change is no change.
     """
@@ -513,6 +518,8 @@ def compare(
         raise ValueError(f"min_effect must be a finite number >= 0, got {min_effect!r}")
     if not isinstance(resamples, int) or resamples < 100:
         raise ValueError(f"resamples must be an integer >= 100, got {resamples!r}")
+    if not (isinstance(drift, (int, float)) and 0 <= drift < 1):
+        raise ValueError(f"drift must be a number in [0, 1), got {drift!r}")
     b = _as_array(baseline, "baseline")
     c = _as_array(candidate, "candidate")
 
@@ -533,6 +540,13 @@ def compare(
     ratios = np.where(c_boot > 0, ratios, np.inf)
     alpha = 1 - confidence
     low, high = (float(v) for v in np.quantile(ratios, [alpha / 2, 1 - alpha / 2]))
+    if drift > 0 and 0 < low <= high < math.inf and 0 < ratio < math.inf:
+        z = float(_sps().norm.ppf(1 - alpha / 2))
+        center = math.log(ratio)
+        within = max(center - math.log(low), math.log(high) - center) / z
+        se = math.sqrt(within**2 + 2 * math.log1p(drift) ** 2)
+        low, high = math.exp(center - z * se), math.exp(center + z * se)
+        p = max(p, float(2 * _sps().norm.sf(abs(center) / se)))
 
     outside = high < 1 / (1 + min_effect) or low > 1 + min_effect
     significant = bool(p < alpha and outside)
@@ -551,6 +565,7 @@ def compare(
         method=(
             f"two-sided Mann-Whitney U; percentile bootstrap of the {estimator} ratio "
             f"({resamples} resamples, seed {seed})"
+            + (f"; widened for {drift:.1%} between-session drift per side" if drift else "")
         ),
         estimator=estimator,
         baseline_estimate=b_est,
@@ -558,6 +573,22 @@ def compare(
         n_baseline=int(b.size),
         n_candidate=int(c.size),
     )
+
+
+def session_drift(
+    pairs: Sequence[tuple[float, float]], *, prior: float = 0.02, prior_weight: float = 2.0
+) -> float:
+    """Between-session drift (relative SD of one session's estimate), learned from A/A pairs.
+
+    Each pair holds the estimates of two sessions of the *same* code. Their log ratio has
+    variance 2 * drift**2. With few pairs the estimate is noisy, so it is pooled with
+    ``prior`` counted as ``prior_weight`` pairs' worth of evidence.
+    """
+    squares = [
+        math.log(a / b) ** 2 / 2 for a, b in pairs if a > 0 and b > 0 and math.isfinite(a / b)
+    ]
+    pooled = (prior_weight * math.log1p(prior) ** 2 + sum(squares)) / (prior_weight + len(squares))
+    return math.expm1(math.sqrt(pooled))
 
 
 def compare_groups(

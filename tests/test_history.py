@@ -92,3 +92,36 @@ def test_plot_without_matplotlib_says_how_to_get_it(
     args = parse("svc:f", "--store", str(store), "--plot", str(tmp_path / "h.png"))
     with pytest.raises(Exception, match=r"pip install 'pytest-perfreplay\[plot\]'"):
         args.func(args)
+
+
+def test_aa_pairs_are_consecutive_runs_of_unchanged_code() -> None:
+    from pytest_perfreplay.history import Entry, aa_pairs
+
+    def entry(i: int, est: float, code: str | None, processes: int = 1) -> Entry:
+        return Entry(
+            iteration=i,
+            time=0.0,
+            commit=None,
+            dirty=False,
+            target="m:f",
+            snapshot="s",
+            estimator="median",
+            estimate=est,
+            low=est,
+            high=est,
+            precision=0.0,
+            rounds=10,
+            target_met=True,
+            processes=processes,
+            code_hash=code,
+        )
+
+    ledger = [
+        entry(1, 1.0, "a"),
+        entry(2, 1.02, "a"),
+        entry(3, 0.5, "b"),
+        entry(4, 0.51, "b"),
+        entry(5, 0.52, "b", processes=3),
+        entry(6, 0.5, None),
+    ]
+    assert aa_pairs(ledger) == [(1.0, 1.02), (0.5, 0.51)]

@@ -20,6 +20,7 @@ from pytest_perfreplay.stats import (
     group_interval,
     interval,
     quantile_interval,
+    session_drift,
 )
 
 # -- independent references (pure Python, no scipy) ----------------------------------------
@@ -453,3 +454,58 @@ def test_exact_order_statistic_bootstrap_matches_brute_force(n: int, q: float) -
     for f, b in zip(np.quantile(fast, probs), np.quantile(brute, probs), strict=True):
         assert abs(f - b) <= 0.03 * spread
     assert abs(float(np.mean(fast)) - float(np.mean(brute))) <= 0.01 * spread
+
+
+# -- between-session drift ------------------------------------------------------------
+
+
+def _session(rng: np.random.Generator, true: float, drift: float, n: int) -> list[float]:
+    """One session: its own multiplicative offset, then per-round lognormal noise."""
+    offset = math.exp(rng.normal(0.0, math.log1p(drift)))
+    return list(true * offset * np.exp(rng.normal(0.0, 0.02, n)))
+
+
+def test_drift_zero_is_the_plain_comparison() -> None:
+    rng = np.random.default_rng(11)
+    a, b = list(rng.lognormal(0, 0.05, 300)), list(rng.lognormal(0.01, 0.05, 300))
+    plain, zero = compare(a, b), compare(a, b, drift=0.0)
+    assert (plain.low, plain.high, plain.p_value) == (zero.low, zero.high, zero.p_value)
+
+
+def test_drift_keeps_aa_false_positives_near_nominal() -> None:
+    rng = np.random.default_rng(2024)
+    drift = 0.03
+    naive = aware = 0
+    runs = 200
+    for _ in range(runs):
+        a, b = _session(rng, 1.0, drift, 200), _session(rng, 1.0, drift, 200)
+        naive += compare(a, b, resamples=500).significant
+        aware += compare(a, b, resamples=500, drift=drift).significant
+    # Without the allowance, session offsets look like real changes most of the time.
+    assert naive / runs > 0.5
+    assert aware / runs <= 0.06
+
+
+def test_drift_still_detects_a_real_speedup() -> None:
+    rng = np.random.default_rng(7)
+    a, b = _session(rng, 1.3, 0.02, 200), _session(rng, 1.0, 0.02, 200)
+    c = compare(a, b, drift=0.02)
+    assert c.significant and c.verdict == "faster"
+    assert c.low < 1.3 < c.high
+    assert "drift" in c.method
+
+
+def test_session_drift_pools_prior_and_pairs() -> None:
+    assert session_drift([], prior=0.02) == pytest.approx(0.02)
+    rng = np.random.default_rng(5)
+    pairs = [
+        (math.exp(rng.normal(0, math.log1p(0.05))), math.exp(rng.normal(0, math.log1p(0.05))))
+        for _ in range(400)
+    ]
+    assert session_drift(pairs, prior=0.02) == pytest.approx(0.05, rel=0.15)
+    assert session_drift([(1.0, 1.0)] * 2, prior=0.02) < 0.02  # quiet reruns lower it
+
+
+def test_drift_is_validated() -> None:
+    with pytest.raises(ValueError, match="drift"):
+        compare([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], drift=-0.1)
