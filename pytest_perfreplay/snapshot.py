@@ -176,7 +176,7 @@ def _default_resource_types() -> tuple[type, ...]:
 
 
 RESOURCE_TYPES: tuple[type, ...] = _default_resource_types()
-_RESOURCE_VERDICTS: dict[type, bool] = {}
+_RESOURCE_VERDICTS: dict[type, int] = {}  # type -> _PLAIN, _RESOURCE or _CLOUDPICKLE
 
 
 def resource_fixture_name(obj: object) -> str:
@@ -207,6 +207,17 @@ class _BoundedBuffer(io.BytesIO):
         return n
 
 
+_PLAIN, _RESOURCE, _CLOUDPICKLE = 0, 1, 2
+
+
+def _verdict(t: type, resource_types: tuple[type, ...]) -> int:
+    if issubclass(t, resource_types):
+        return _RESOURCE
+    if issubclass(t, (type, types.FunctionType)):
+        return _CLOUDPICKLE  # classes and functions: cloudpickle decides by value or by ref
+    return _PLAIN
+
+
 class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle plus placeholders for resources (``reducer_override`` costs nothing extra)."""
 
@@ -226,14 +237,18 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
         self.objects: dict[str, Any] = {}
 
     def reducer_override(self, obj: Any) -> Any:
+        # Called for every non-builtin object, so the common case is one dict lookup: a
+        # type that is neither a resource, a class nor a function pickles the standard way,
+        # which is what cloudpickle's own override would answer after more work.
+        t = type(obj)
+        verdict = self._verdicts.get(t)
+        if verdict is None:
+            verdict = self._verdicts[t] = _verdict(t, self._resource_types)
+        if verdict == _PLAIN and not self._resources:
+            return NotImplemented
         name = self._resources.get(id(obj)) if self._resources else None
-        if name is None:
-            t = type(obj)
-            verdict = self._verdicts.get(t)
-            if verdict is None:
-                verdict = self._verdicts[t] = issubclass(t, self._resource_types)
-            if verdict:
-                name = resource_fixture_name(obj)
+        if name is None and verdict == _RESOURCE:
+            name = resource_fixture_name(obj)
         if name is not None:
             type_name = _type_name(obj)
             self.placeholders.setdefault(name, type_name)
