@@ -43,6 +43,7 @@ from .redact import (
     denied_positions,
     parameter_names,
     scrub_call,
+    scrub_positions,
 )
 from .snapshot import (
     Keyring,
@@ -402,15 +403,27 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         redactions: list[dict[str, str]] = []
         call_args: Any = args
         call_kwargs: Any = kwargs
-        if site.redactor is not None:
-            call_args, call_kwargs, redactions = scrub_call(
-                site.redactor, args, kwargs, site.denied, site.param_names
-            )
-        pickled = dumps(
-            (call_args, call_kwargs),
-            max_bytes=site.max_bytes,
-            resources=site.resource_ids(args, kwargs),
-        )
+        resources = site.resource_ids(args, kwargs)
+        redactor = site.redactor
+        if redactor is not None and redactor.name_only:
+            # Pickle first; walk the graph only if a denylisted name occurs in the bytes.
+            call_args, redactions = scrub_positions(args, site.denied, site.param_names)
+            pickled = dumps((call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources)
+            if redactor.may_match(pickled.data) or redactor.named_tuple_denied(
+                pickled.named_tuples
+            ):
+                call_args, call_kwargs, more = scrub_call(redactor, call_args, kwargs, (), ())
+                if more:
+                    redactions += more
+                    pickled = dumps(
+                        (call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources
+                    )
+        else:
+            if redactor is not None:
+                call_args, call_kwargs, redactions = scrub_call(
+                    redactor, args, kwargs, site.denied, site.param_names
+                )
+            pickled = dumps((call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources)
         placeholders = _describe_placeholders(
             pickled.placeholders, pickled.objects, call_args, call_kwargs
         )

@@ -17,6 +17,7 @@ by a user callable ``(key, value) -> bool``.
 from __future__ import annotations
 
 import copy
+import re
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -67,6 +68,7 @@ def _normalize(key: str) -> str:
 
 
 _STRIP = str.maketrans("", "", "_-. ")
+_FOLD = bytes.maketrans(bytes(range(65, 91)), bytes(range(97, 123)))  # ASCII A-Z -> a-z
 
 
 RedactSpec = Iterable[str | type | Callable[[str, Any], bool]]
@@ -82,6 +84,7 @@ class Redactor:
     _safe: set[str] = field(default_factory=set, repr=False)
     _denied: set[str] = field(default_factory=set, repr=False)
     _kinds: dict[type, str] = field(default_factory=dict, repr=False)
+    _compiled: re.Pattern[bytes] | None = field(default=None, repr=False)
 
     @classmethod
     def from_spec(cls, spec: RedactSpec | bool | None) -> Redactor | None:
@@ -111,6 +114,34 @@ class Redactor:
         elif preds:
             pred = lambda k, v: any(p(k, v) for p in preds)  # noqa: E731
         return cls(keys=tuple(dict.fromkeys(keys)), types=tuple(kinds), predicate=pred)
+
+    # -- a pre-filter on the pickled bytes ------------------------------------
+
+    @property
+    def name_only(self) -> bool:
+        """True when only key names decide (no types, no callable): the byte pre-filter applies."""
+        return not self.types and self.predicate is None
+
+    def may_match(self, pickled: bytes) -> bool:
+        """Could anything in this pickle sit under a denylisted name?
+
+        Every dict key, attribute, slot and dataclass field name, and every global of a
+        function pickled by value, is written into the pickle as text. So when no denylisted
+        word occurs in the folded bytes, no walk is needed. A hit (even inside a value) only
+        means "look closer". Namedtuple field names are not in the stream: the pickler
+        reports those types, see ``named_tuple_denied``.
+        """
+        # One C pass folds case and drops separators, one regex pass looks for every word.
+        return self._pattern().search(pickled.translate(_FOLD, b"_-. ")) is not None
+
+    def named_tuple_denied(self, kinds: Iterable[type]) -> bool:
+        return any(any(map(self.key_denied, getattr(t, "_fields", ()))) for t in kinds)
+
+    def _pattern(self) -> re.Pattern[bytes]:
+        if self._compiled is None:
+            words = sorted({re.escape(k.encode()) for k in self.keys}, key=len, reverse=True)
+            self._compiled = re.compile(b"|".join(words))
+        return self._compiled
 
     # -- verdicts -------------------------------------------------------------
 
@@ -450,14 +481,10 @@ def denied_positions(redactor: Redactor, names: tuple[str, ...]) -> tuple[int, .
     return tuple(i for i, n in enumerate(names) if redactor.key_denied(n))
 
 
-def scrub_call(
-    redactor: Redactor,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    positions: tuple[int, ...],
-    names: tuple[str, ...],
-) -> tuple[tuple[Any, ...], Mapping[str, Any], list[dict[str, str]]]:
-    """Scrub one call's arguments; returns the originals (same objects) when clean."""
+def scrub_positions(
+    args: tuple[Any, ...], positions: tuple[int, ...], names: tuple[str, ...]
+) -> tuple[tuple[Any, ...], list[dict[str, str]]]:
+    """Scrub positional arguments whose *parameter name* is denylisted (``def f(token)``)."""
     records: list[dict[str, str]] = []
     if positions:
         listed = list(args)
@@ -467,6 +494,18 @@ def scrub_call(
                 records.append({"path": f"args[{i}] ({names[i]})", "by": "parameter"})
         if records:
             args = tuple(listed)
+    return args, records
+
+
+def scrub_call(
+    redactor: Redactor,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    positions: tuple[int, ...],
+    names: tuple[str, ...],
+) -> tuple[tuple[Any, ...], Mapping[str, Any], list[dict[str, str]]]:
+    """Scrub one call's arguments; returns the originals (same objects) when clean."""
+    args, records = scrub_positions(args, positions, names)
     if not redactor.needs_walk((args, kwargs)):
         return args, kwargs, records
     walk = _Walk(redactor)

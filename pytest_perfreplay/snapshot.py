@@ -207,7 +207,7 @@ class _BoundedBuffer(io.BytesIO):
         return n
 
 
-_PLAIN, _RESOURCE, _CLOUDPICKLE = 0, 1, 2
+_PLAIN, _RESOURCE, _CLOUDPICKLE, _NAMEDTUPLE = 0, 1, 2, 3
 
 
 def _verdict(t: type, resource_types: tuple[type, ...]) -> int:
@@ -215,6 +215,8 @@ def _verdict(t: type, resource_types: tuple[type, ...]) -> int:
         return _RESOURCE
     if issubclass(t, (type, types.FunctionType)):
         return _CLOUDPICKLE  # classes and functions: cloudpickle decides by value or by ref
+    if issubclass(t, tuple) and hasattr(t, "_fields"):
+        return _NAMEDTUPLE  # its field names are not in the stream: redaction must know
     return _PLAIN
 
 
@@ -235,6 +237,7 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
         )  # type -> is it a resource? (isinstance against ABCs is slow; types are few)
         self.placeholders: dict[str, str] = {}
         self.objects: dict[str, Any] = {}
+        self.named_tuples: set[type] = set()
 
     def reducer_override(self, obj: Any) -> Any:
         # Called for every non-builtin object, so the common case is one dict lookup: a
@@ -246,6 +249,8 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
             verdict = self._verdicts[t] = _verdict(t, self._resource_types)
         if verdict == _PLAIN and not self._resources:
             return NotImplemented
+        if verdict == _NAMEDTUPLE:
+            self.named_tuples.add(t)
         name = self._resources.get(id(obj)) if self._resources else None
         if name is None and verdict == _RESOURCE:
             name = resource_fixture_name(obj)
@@ -262,6 +267,7 @@ class Pickled:
     data: bytes
     placeholders: dict[str, str]
     objects: dict[str, Any] = field(default_factory=dict)  # placeholder name -> the object
+    named_tuples: set[type] = field(default_factory=set)  # namedtuple types met while pickling
 
 
 def dumps(
@@ -275,7 +281,7 @@ def dumps(
     buf = _BoundedBuffer(max_bytes)
     pickler = _CapturePickler(buf, resources or {}, resource_types)
     pickler.dump(obj)
-    return Pickled(buf.getvalue(), pickler.placeholders, pickler.objects)
+    return Pickled(buf.getvalue(), pickler.placeholders, pickler.objects, pickler.named_tuples)
 
 
 # ---------------------------------------------------------------------------

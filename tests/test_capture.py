@@ -343,6 +343,38 @@ def test_default_redaction_scrubs_secrets_everywhere_and_records_them(cap: Cap) 
     assert login_snap.header["redactions"] == [{"path": "args[1] (password)", "by": "parameter"}]
 
 
+def test_default_redaction_by_name_uses_the_byte_prefilter_and_misses_nothing(cap: Cap) -> None:
+    # Only key names decide here, so capture pickles first and walks only on a hit in
+    # the bytes; namedtuple fields (not in the stream) are reported by the pickler.
+    handler = capture(targets.echo)
+    payload = {"password": "pw-DICT-1a2b", "items": [{"API-Token": "tok-TUPLE-5e6f"}]}
+    client = targets.Client("https://api", {"Authorization": "bearer-HEADER-7a8b"})
+    frozen = targets.FrozenConfig("svc", "key-FROZEN-9c0d")
+    holder = targets.Holder("cookie-ATTR-1e2f", [1, 2])
+    creds = targets.Creds("ann", "pw-NAMEDTUPLE-3a4b")
+    handler(payload, client, frozen, holder, fn=targets.make_closure())
+    handler(creds)  # a namedtuple alone: its field names never appear in the pickle
+    handler({"user": "ann", "qty": 3})  # clean: nothing to redact
+    on_disk = cap.raw_bytes()
+    for secret in [*SECRETS[:5], "pw-NAMEDTUPLE-3a4b", targets.SECRET_TOKEN]:
+        assert secret.encode() not in on_disk, secret
+    snaps = {
+        s.load_call()[0][0].__class__.__name__ + str(len(s.load_call()[0])): s
+        for s in cap.snapshots()
+    }
+    assert {r["path"] for r in snaps["Creds1"].header["redactions"]} == {"args[0].password"}
+    paths = {r["path"] for r in snaps["dict4"].header["redactions"]}
+    assert {
+        "args[0]['password']",
+        "args[0]['items'][0]['API-Token']",
+        "args[1].headers['Authorization']",
+        "args[2].api_key",
+        "args[3].session_cookie",
+    } <= paths
+    clean = [s for s in cap.snapshots() if s.load_call()[0][0] == {"user": "ann", "qty": 3}]
+    assert len(clean) == 1 and clean[0].header["redactions"] == []
+
+
 def test_redaction_can_be_turned_off(cap: Cap) -> None:
     capture(redact=False)(targets.echo)(password="plain")
     assert cap.snapshots()[0].load_call() == ((), {"password": "plain"})
