@@ -4,7 +4,8 @@
 2. replay + profile: ``pytest --perf-replay --perf-replay-profile`` over the snapshots;
 3. rewrite: swap in the faster matching module (the change the profile points to);
 4. replay + profile again: the summary shows the speedup against iteration 1, with its
-   significance, and the functions that moved in the profile.
+   significance, and the functions that moved in the profile;
+5. ``perfreplay history``: the iterations so far.
 
 Everything happens in a scratch copy (default ``build/demo``), so the example stays clean.
 """
@@ -71,6 +72,10 @@ def main() -> None:
 
     print("\n== 4. replay and profile again (iteration 2)")
     run(replay, work, env)
+
+    print("\n== 5. the loop so far")
+    perfreplay = str(Path(py).with_name("perfreplay"))
+    run([perfreplay, "history", "ci_service.matching:disambiguate_pull_requests"], work, env)
     print(f"\nstore, history and profiles: {store}")
 
 

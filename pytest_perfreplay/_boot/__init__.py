@@ -1,0 +1,1 @@
+"""Start-up hook for ``perfreplay run``: its folder goes first on PYTHONPATH."""
