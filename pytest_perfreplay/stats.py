@@ -489,6 +489,16 @@ def _bootstrap(
     return _bootstrap_order_stat(np.sort(x), q, rng, resamples)
 
 
+def _decide(
+    ratio: float, low: float, high: float, p: float, alpha: float, min_effect: float
+) -> tuple[bool, Verdict]:
+    """Significant only if the test rejects and the whole interval clears the minimum effect."""
+    outside = high < 1 / (1 + min_effect) or low > 1 + min_effect
+    if p < alpha and outside:
+        return True, "faster" if ratio > 1 else "slower"
+    return False, "no change"
+
+
 def compare(
     baseline: Sequence[float],
     candidate: Sequence[float],
@@ -548,11 +558,7 @@ def compare(
         low, high = math.exp(center - z * se), math.exp(center + z * se)
         p = max(p, float(2 * _sps().norm.sf(abs(center) / se)))
 
-    outside = high < 1 / (1 + min_effect) or low > 1 + min_effect
-    significant = bool(p < alpha and outside)
-    verdict: Verdict = "no change"
-    if significant:
-        verdict = "faster" if ratio > 1 else "slower"
+    significant, verdict = _decide(ratio, low, high, p, alpha, min_effect)
     return Comparison(
         ratio=ratio,
         low=low,
@@ -625,11 +631,7 @@ def compare_groups(
         p = float(2 * _sps().t.sf(abs(t), df))
         half = float(_sps().t.ppf((1 + confidence) / 2, df)) * se
     ratio, low, high = math.exp(diff), math.exp(diff - half), math.exp(diff + half)
-    outside = high < 1 / (1 + min_effect) or low > 1 + min_effect
-    significant = bool(p < 1 - confidence and outside)
-    verdict: Verdict = "no change"
-    if significant:
-        verdict = "faster" if ratio > 1 else "slower"
+    significant, verdict = _decide(ratio, low, high, p, 1 - confidence, min_effect)
     return Comparison(
         ratio=ratio,
         low=low,
