@@ -1299,6 +1299,7 @@ class Diff:
     grew: list[DiffRow]
     shrank: list[DiffRow]
     document: dict[str, Any] = field(repr=False)
+    scaled: bool = False  # totals per call rescaled to the timed medians
 
     @property
     def speedup(self) -> float | None:
@@ -1316,10 +1317,11 @@ class Diff:
         fmt = self._fmt
         speed = self.speedup
         verdict = "" if speed is None else f" ({speed:.2f}x {'faster' if speed >= 1 else 'slower'})"
+        scale = "; profile shares at the timed medians" if self.scaled else ""
         return (
             f"before {fmt(self.old_total_per_call)} ({self.old_calls} calls), after "
             f"{fmt(self.new_total_per_call)} ({self.new_calls} calls){verdict}; noise floor "
-            f"{fmt(self.noise)} ({self.threshold:.0%})"
+            f"{fmt(self.noise)} ({self.threshold:.0%}){scale}"
         )
 
     def mover_lines(self, top: int = 5) -> list[str]:
@@ -1356,6 +1358,13 @@ class Diff:
         return out
 
 
+def _divisor(agg: _Aggregate, calls: int, per_call: float | None, unit: str) -> float:
+    """What to divide weights by: the call count, or what makes the total match ``per_call``."""
+    if per_call is None or per_call <= 0 or unit not in _TIME_SCALE or agg.total <= 0:
+        return float(calls)
+    return agg.total / (per_call / _TIME_SCALE[unit])
+
+
 def diff(
     old: Mapping[str, Any],
     new: Mapping[str, Any],
@@ -1365,6 +1374,8 @@ def diff(
     threshold: float = 0.02,
     name: str,
     exporter: str,
+    old_per_call: float | None = None,
+    new_per_call: float | None = None,
 ) -> Diff:
     """Compare two profiles of the same target per replayed call.
 
@@ -1372,6 +1383,10 @@ def diff(
     calls, so a loop that ran for a fixed time (more calls once the code got faster) cannot make
     an unchanged function look slower. A function moves only if its |self delta per call| exceeds
     ``threshold * max(old total per call, new total per call)``.
+
+    ``old_per_call``/``new_per_call`` (seconds; the *timed* medians) rescale each profile so its
+    total per call equals that figure: a sampling profiler's own overhead varies from run to
+    run, so the profile is trusted for shares and the timing for scale.
     """
     if old_calls <= 0 or new_calls <= 0:
         raise SpeedscopeError("diff: old_calls and new_calls must be positive")
@@ -1383,9 +1398,11 @@ def diff(
         after = _aggregate(new, unit)
     if not before.samples or not after.samples:
         raise SpeedscopeError("diff: both profiles need samples")
-    old_own, _ = _self_and_total((s, w / old_calls) for s, w in before.samples)
-    new_own, _ = _self_and_total((s, w / new_calls) for s, w in after.samples)
-    old_total, new_total = before.total / old_calls, after.total / new_calls
+    old_div = _divisor(before, old_calls, old_per_call, unit)
+    new_div = _divisor(after, new_calls, new_per_call, unit)
+    old_own, _ = _self_and_total((s, w / old_div) for s, w in before.samples)
+    new_own, _ = _self_and_total((s, w / new_div) for s, w in after.samples)
+    old_total, new_total = before.total / old_div, after.total / new_div
     noise = threshold * max(old_total, new_total)
 
     rows: list[DiffRow] = []
@@ -1400,7 +1417,7 @@ def diff(
     table = _FrameTable()
     index = {key: table.add(frame) for key, frame in frames.items()}
 
-    def per_stack(agg: _Aggregate, calls: int) -> dict[tuple[FunctionKey, ...], float]:
+    def per_stack(agg: _Aggregate, calls: float) -> dict[tuple[FunctionKey, ...], float]:
         out: dict[tuple[FunctionKey, ...], float] = {}
         for stack, weight in agg.samples:
             out[stack] = out.get(stack, 0.0) + weight / calls
@@ -1417,7 +1434,7 @@ def diff(
                 )
         return profile
 
-    old_stacks, new_stacks = per_stack(before, old_calls), per_stack(after, new_calls)
+    old_stacks, new_stacks = per_stack(before, old_div), per_stack(after, new_div)
     deltas = {
         s: new_stacks.get(s, 0.0) - old_stacks.get(s, 0.0)
         for s in dict.fromkeys([*old_stacks, *new_stacks])
@@ -1425,8 +1442,8 @@ def diff(
     grew_keys = {(r.module, r.function) for r in grew}
     shrank_keys = {(r.module, r.function) for r in shrank}
     profiles = [
-        as_profile("before", ((s, w / old_calls) for s, w in before.samples)),
-        as_profile("after", ((s, w / new_calls) for s, w in after.samples)),
+        as_profile("before", ((s, w / old_div) for s, w in before.samples)),
+        as_profile("after", ((s, w / new_div) for s, w in after.samples)),
         as_profile("grew", ((s, d) for s, d in deltas.items() if d > 0 and s[-1] in grew_keys)),
         as_profile(
             "shrank", ((s, -d) for s, d in deltas.items() if d < 0 and s[-1] in shrank_keys)
@@ -1444,6 +1461,7 @@ def diff(
         new_calls=new_calls,
         old_total_per_call=old_total,
         new_total_per_call=new_total,
+        scaled=old_per_call is not None and new_per_call is not None,
         threshold=threshold,
         noise=noise,
         rows=rows,

@@ -840,3 +840,44 @@ def test_calls_in_name() -> None:
     assert S.calls_in_name({"name": "m:f [abc] (0 calls, py-spy)"}) is None
     assert S.calls_in_name({"name": "py-spy profile"}) is None
     assert S.calls_in_name({}) is None
+
+
+def test_diff_scaled_to_timed_medians_ignores_profiler_overhead_jitter() -> None:
+    # Identical code profiled twice: same shares, but the profiler's own overhead made the
+    # second pass 25% slower per call. Timing (outside the profiler) says 10 ms both times.
+    shares = {"compute_a": 7.5e-3, "compute_b": 2.5e-3, "target": 0.1e-3}
+    old = loop_profile(100, shares)
+    new = loop_profile(100, {k: v * 1.25 for k, v in shares.items()})
+    raw = S.diff(old, new, old_calls=100, new_calls=100, name="d", exporter="e")
+    assert raw.shrank == [] and {r.function for r in raw.grew} >= {"compute_a"}  # misleading
+
+    scaled = S.diff(
+        old,
+        new,
+        old_calls=100,
+        new_calls=100,
+        name="d",
+        exporter="e",
+        old_per_call=10e-3,
+        new_per_call=10e-3,
+    )
+    assert scaled.old_total_per_call == pytest.approx(10e-3)
+    assert scaled.new_total_per_call == pytest.approx(10e-3)
+    assert scaled.grew == [] and scaled.shrank == []
+    assert "profile shares at the timed medians" in scaled.headline()
+
+    # A real change still shows: A 10x faster, timed 10.1 ms -> 3.35 ms.
+    faster = loop_profile(100, {"compute_a": 0.75e-3, "compute_b": 2.5e-3, "target": 0.1e-3})
+    real = S.diff(
+        old,
+        faster,
+        old_calls=100,
+        new_calls=100,
+        name="d",
+        exporter="e",
+        old_per_call=10.1e-3,
+        new_per_call=3.35e-3,
+    )
+    assert real.shrank[0].function == "compute_a"
+    assert real.speedup == pytest.approx(10.1 / 3.35)
+    assert S.validate(real.document) == []

@@ -310,6 +310,7 @@ def diff_previous(
     exporter: str,
     threshold: float,
     top: int,
+    median: float | None = None,
 ) -> tuple[list[str], Path | None, list[str]]:
     """(lines, diff file, notes) against the previous iteration's profile, if it has one."""
     old_path = Path(previous.profile) if getattr(previous, "profile", None) else None
@@ -328,6 +329,8 @@ def diff_previous(
             result.document,
             old_calls=int(old_calls),
             new_calls=result.calls,
+            old_per_call=getattr(previous, "estimate", None) if median else None,
+            new_per_call=median if getattr(previous, "estimate", None) else None,
             threshold=threshold,
             name=f"{result.document.get('name', 'profile')}: iteration {old_iteration} -> "
             f"{iteration} per call",
@@ -432,6 +435,7 @@ def run_profile_pass(
             exporter=exporter,
             threshold=settings.diff_threshold,
             top=settings.top,
+            median=median,
         )
         lines += more
         notes += diff_notes
