@@ -28,7 +28,7 @@ from .replay import (
 )
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
-from .snapshot import Header, Snapshot, code_hash, read_header
+from .snapshot import Header, Snapshot, code_hash, read_header_file
 from .stats import Comparison, compare, compare_groups, preload_scipy, session_drift
 from .store import Store
 
@@ -79,10 +79,10 @@ class SnapshotCollector(pytest.Collector):
         for path in self.replay.store.snapshot_paths():
             header: Header | None = None
             error: str | None = None
-            try:
-                header, _, _ = read_header(path.read_bytes(), path=str(path))
+            try:  # the header only: collection never reads payloads
+                header = read_header_file(path)
                 name = f"{header.target}[{header.id}]"
-            except (SnapshotError, OSError) as exc:
+            except SnapshotError as exc:
                 error = str(exc)
                 name = f"{path.parent.name}:{path.stem}[unreadable]"
             yield SnapshotItem.from_parent(
