@@ -61,7 +61,10 @@ def _vs(c: Comparison, what: str) -> str:
     span = f"{r:.3g}x" + (f" {c.verdict}" if c.significant else "") + f" [{lo:.3g}-{hi:.3g}]"
     if c.significant:
         return f"{span} vs {what}, significant"
-    return f"no significant change vs {what} ({span}, p={c.p_value:.2g})"
+    why = ""
+    if c.p_value < 1 - c.confidence:  # the test fired, but the interval reaches the dead band
+        why = f", not surely beyond the {c.min_effect:.0%} minimum effect"
+    return f"no significant change vs {what} ({span}, p={c.p_value:.2g}{why})"
 
 
 def comparison_line(previous: Comparison | None, first: Comparison | None) -> str | None:
