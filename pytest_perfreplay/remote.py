@@ -365,7 +365,7 @@ class _Item:
     data: bytes
     quota: int | None  # None: written by id, outside the quota
     snapshot_id: str = ""
-    duration: float | None = None  # None: read from the header, in the worker
+    duration: float = -1.0  # of the captured call; only quota'd items use it
 
 
 @dataclass
@@ -564,24 +564,9 @@ class RemoteStore:
             return PutResult("store_off" if self._off else "not_slower")
         return PutResult(self._enqueue(_Item(target, data, quota, duration=duration)))
 
-    def accepts(self, target: str) -> bool:
-        """Cheap, no I/O: False when the uploader is off or the target can take no more."""
-        if self._off is not None or self._floor.get(target) == float("inf"):
-            return False
-        if len(self._queue) >= self.max_queue:  # unlocked read: a hint, and cheap
-            self.counters.dropped_queue_full += 1
-            return False  # tell capture now, before it spends time encoding
-        return True
-
-    def write_snapshot(
-        self, target: str, snapshot_id: str, data: bytes, *, max_snapshots: int | None = None
-    ) -> None:
-        """Queue a snapshot for upload. Never blocks.
-
-        With ``max_snapshots`` it goes under the target's quota like ``put_snapshot`` (the
-        call's duration is read from its header, off the call path); without, by id.
-        """
-        self._enqueue(_Item(target, data, max_snapshots, snapshot_id=snapshot_id))
+    def write_snapshot(self, target: str, snapshot_id: str, data: bytes) -> None:
+        """Queue a snapshot for upload under its id, outside any quota. Never blocks."""
+        self._enqueue(_Item(target, data, None, snapshot_id=snapshot_id))
 
     def after_fork(self) -> None:
         """Called by capture in a forked child (also done by our own fork hook)."""
@@ -749,9 +734,6 @@ class RemoteStore:
         slug = target_slug(item.target)
         folder = f"{root}/snapshots/{slug}"
         c = self.counters
-        if item.quota is not None and item.duration is None:
-            d = read_header(item.data)[0].duration
-            item.duration = -1.0 if d is None else d
         if item.quota is None:
             fs.pipe_file(f"{folder}/{item.snapshot_id}{SUFFIX}", item.data)
         elif self._uses_conditional():
@@ -829,7 +811,7 @@ class RemoteStore:
         if victim is None:
             return False
         self._floor[item.target] = victim[0]
-        if item.duration is None or item.duration <= victim[0]:
+        if item.duration <= victim[0]:
             return False
         try:
             out = fs.pipe_file(f"{folder}/{victim[1]}", item.data, IfMatch=victim[2])
@@ -913,10 +895,6 @@ class RemoteStore:
                     modified=_modified(info),
                     etag=str(info.get("ETag") or ""),
                 )
-
-    def iter_keys(self) -> Iterator[str]:
-        for entry in self.iter_snapshots():
-            yield entry.key
 
     def read(self, key: str) -> bytes:
         data: bytes = self.filesystem()[0].cat_file(self._path(key))

@@ -185,8 +185,8 @@ def test_fallback_slots_bound_the_target(mem_url: str, fleet_key: Keyring) -> No
     # The sixth is refused by the worker; after that the hot path knows, with no I/O.
     assert stats["uploaded"] == 5 and stats["dropped_quota"] == 1
     assert outcomes == ["written"] * 6 + ["not_slower"] * 6
-    assert not store.accepts("pkg.mod:f") and store.accepts("pkg.mod:other")
     assert not store.would_keep("pkg.mod:f", 5, 99.0)
+    assert store.would_keep("pkg.mod:other", 5, 0.0)
 
 
 def test_put_snapshot_skips_duplicates(mem_url: str, fleet_key: Keyring) -> None:
@@ -267,7 +267,7 @@ def test_permanent_error_turns_the_uploader_off(mem_url: str) -> None:
     store.write_snapshot("pkg.mod:f", "a", b"data")
     store.flush(10)
     assert "Access Denied" in store.stats()["off"]
-    assert not store.accepts("pkg.mod:f")
+    assert not store.would_keep("pkg.mod:f", 20, 99.0)
     store.write_snapshot("pkg.mod:f", "b", b"data")
     assert store.stats()["dropped_off"] >= 1
 
@@ -561,7 +561,7 @@ def test_bad_credentials_turn_capture_uploads_off(
     off = store.stats()["off"]
     assert off is not None and "credentials refused (SignatureDoesNotMatch)" in off
     assert s3_bucket.url() in off
-    assert not store.accepts("pkg.mod:f")
+    assert not store.would_keep("pkg.mod:f", 20, 99.0)
 
 
 def _one_line_error(url: str, expect: str, tmp_path: Path) -> None:
