@@ -9,10 +9,6 @@ import sys
 
 import pytest
 
-from tests.test_replay import _no_xdist_env
-
-__all__ = ["_no_xdist_env"]  # autouse: inner sessions must not inherit xdist's worker env
-
 SERVICE = """
 import asyncio
 import time

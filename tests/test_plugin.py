@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_replay import _no_xdist_env, capture_traffic, run
-
-__all__ = ["_no_xdist_env"]  # autouse: inner sessions must not think they run under xdist
+from tests.test_replay import capture_traffic, run
 
 
 def test_help_lists_options_with_their_defaults(pytester: pytest.Pytester) -> None:

@@ -92,14 +92,6 @@ TARGETS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_xdist_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # When this suite runs under -n, the inner sessions inherit PYTEST_XDIST_WORKER, and
-    # pytest-benchmark then disables timing in them.
-    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def capture_traffic(pytester: pytest.Pytester, service: str = SERVICE) -> dict[str, str]:
     """Write the service, run the traffic with capture on; return {target: snapshot id}."""
     pytester.makepyfile(svc=service, traffic=TRAFFIC.replace("SORT_N", str(SORT_N)))

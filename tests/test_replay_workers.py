@@ -10,9 +10,7 @@ import pytest
 
 from pytest_perfreplay.rounds import STOP_MAX_PROCESSES, STOP_TARGET, STOP_TIME, RoundPolicy
 from pytest_perfreplay.workers import WorkerJob, WorkerRun, run_processes, worker_rounds
-from tests.test_replay import _no_xdist_env, capture_traffic, run
-
-__all__ = ["_no_xdist_env"]
+from tests.test_replay import capture_traffic, run
 
 JOB = WorkerJob(snapshot_path="x.prsnap", store=".perfreplay", allow_unsigned=False)
 
