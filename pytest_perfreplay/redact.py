@@ -335,13 +335,20 @@ class _Walk:
             self.done[oid] = new  # shared references stay shared in the copy
         return new
 
+    def _changed(
+        self, items: Mapping[Any, Any], where: Callable[[Any], str], depth: int
+    ) -> dict[Any, Any]:
+        """The entries whose scrubbed value differs (copy-on-write: nothing else is copied)."""
+        changed = {}
+        for k, v in items.items():
+            nv = self.entry(k, v, where(k), depth)
+            if nv is not v:
+                changed[k] = nv
+        return changed
+
     def _rebuild(self, obj: Any, kind: str, path: str, depth: int) -> Any:
         if kind == "dict":
-            changed = {}
-            for k, v in obj.items():
-                nv = self.entry(k, v, f"{path}[{k!r}]", depth)
-                if nv is not v:
-                    changed[k] = nv
+            changed = self._changed(obj, lambda k: f"{path}[{k!r}]", depth)
             if not changed:
                 return obj
             new = dict(obj) if type(obj) is dict else copy.copy(obj)
@@ -366,11 +373,7 @@ class _Walk:
         state = obj.__dict__ if kind == "obj" else _slot_state(obj)
         if kind == "slots+dict":
             state = {**obj.__dict__, **state}
-        changed = {}
-        for k, v in state.items():
-            nv = self.entry(k, v, f"{path}.{k}", depth)
-            if nv is not v:
-                changed[k] = nv
+        changed = self._changed(state, lambda k: f"{path}.{k}", depth)
         if not changed:
             return obj
         new = copy.copy(obj)
