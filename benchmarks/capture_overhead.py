@@ -33,9 +33,9 @@ import cloudpickle
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.ci_service.models import CheckRun  # noqa: E402
-from pytest_perfreplay.capture import capture  # noqa: E402
+from pytest_perfreplay.capture.decorator import capture  # noqa: E402
 
-capmod = importlib.import_module("pytest_perfreplay.capture")
+capmod = importlib.import_module("pytest_perfreplay.capture.decorator")
 
 
 def add(a: int, b: int) -> int:

@@ -101,7 +101,7 @@ def timing_separation(work: Path) -> list[str]:
 
 
 def attach_latency(runs: int) -> list[str]:
-    from pytest_perfreplay.profiling import pyspy
+    from pytest_perfreplay.profile.passes import pyspy
 
     check = pyspy.preflight(pyspy.PySpyOptions())
     if check.refusal:

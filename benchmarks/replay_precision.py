@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_perfreplay.stats import compare, compare_groups
+from pytest_perfreplay.replay.stats import compare, compare_groups
 
 PY = sys.executable
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_perfreplay.remote import RemoteStore  # noqa: E402
-from pytest_perfreplay.snapshot import Keyring, dumps, encode, new_snapshot_id  # noqa: E402
-from pytest_perfreplay.store import Store  # noqa: E402
+from pytest_perfreplay.snapshot.format import Keyring, dumps, encode, new_snapshot_id  # noqa: E402
+from pytest_perfreplay.snapshot.remote import RemoteStore  # noqa: E402
+from pytest_perfreplay.snapshot.store import Store  # noqa: E402
 from tests.s3_server import SeaweedFS, weed_binary  # noqa: E402
 
-capture_mod = importlib.import_module("pytest_perfreplay.capture")
+capture_mod = importlib.import_module("pytest_perfreplay.capture.decorator")
 
 
 @capture_mod.capture(sample_rate=1.0, max_snapshots=1_000_000_000, force=True)

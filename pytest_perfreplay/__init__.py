@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .capture import capture, configure
 from .errors import PerfReplayError, SignatureError, SnapshotError, StoreError
 from .snapshot import Placeholder, Snapshot

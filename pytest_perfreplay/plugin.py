@@ -1,4 +1,4 @@
-"""pytest hooks only: options, collection, the summary. The work lives in items.py."""
+"""pytest hooks only: options, collection, the summary. The work lives in ``replay/``."""
 
 from __future__ import annotations
 
@@ -7,23 +7,13 @@ from pathlib import Path
 import pytest
 
 from . import hookspecs
-from .capture import configure as configure_capture
-from .config import ReplayConfig, add_options
-from .fixture import perf_replay, perf_replay_compare
-from .items import ReplaySession, SnapshotCollector, SnapshotItem
-from .report import header_line, progress_writer, summary_lines
-from .store import Store
-
-_STATE = pytest.StashKey[ReplaySession]()
-
-
-def replay_session(config: pytest.Config) -> ReplaySession | None:
-    return config.stash.get(_STATE, None)
-
-
-def set_replay_session(config: pytest.Config, state: ReplaySession) -> None:
-    state.write_progress = progress_writer(config)
-    config.stash[_STATE] = state
+from .capture.decorator import configure as configure_capture
+from .replay.config import ReplayConfig, add_options
+from .replay.fixture import perf_replay, perf_replay_compare
+from .replay.items import SnapshotCollector, SnapshotItem
+from .replay.report import header_line, progress_writer, summary_lines
+from .replay.session import ReplaySession, replay_session, set_replay_session
+from .snapshot.store import Store
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     pulled: list[str] = []
     if cfg.store_url is not None:
         from .errors import StoreError
-        from .remote import pull_into_cache
+        from .snapshot.remote import pull_into_cache
 
         try:
             store, report = pull_into_cache(
@@ -59,7 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
         except StoreError as exc:
             raise pytest.UsageError(f"--perf-replay-store: {exc}") from None
         pulled = report.lines()
-    set_replay_session(config, ReplaySession(config=cfg, store=store, pulled=pulled))
+    state = ReplaySession(config=cfg, store=store, pulled=pulled)
+    state.write_progress = progress_writer(config)
+    set_replay_session(config, state)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -112,6 +104,4 @@ __all__ = [
     "SnapshotItem",
     "perf_replay",
     "perf_replay_compare",
-    "replay_session",
-    "set_replay_session",
 ]

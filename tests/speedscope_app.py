@@ -5,7 +5,7 @@ Fixtures:
 * ``speedscope_schema``: the JSON schema shipped in the npm ``speedscope`` package
   (``file-format-schema.json``), found through ``npm root -g``.
 * ``assert_valid_speedscope(doc)``: validates with ``jsonschema`` against that schema AND with
-  :func:`pytest_perfreplay.speedscope.validate`.
+  :func:`pytest_perfreplay.profile.speedscope.validate`.
 * ``speedscope_app``: ``speedscope_app.load(path)`` opens the file in the package's offline app
   (``dist/release/index.html``) in headless Chromium, exactly the way ``speedscope FILE`` does it
   (the file is wrapped in a JS file calling ``speedscope.loadFileFromBase64`` and passed as
@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from pytest_perfreplay import speedscope
+from pytest_perfreplay.profile import speedscope
 
 MARKERS = {
     "browser": "loads files into the real speedscope app in headless Chromium",
@@ -579,7 +579,7 @@ def real_pyspy() -> str:
     The one gate for every real-py-spy test: skips locally when attaching is refused (and says
     how to fix it), fails under CI=true.
     """
-    from pytest_perfreplay.profiling import pyspy
+    from pytest_perfreplay.profile.passes import pyspy
 
     check = pyspy.preflight(pyspy.PySpyOptions())
     if check.refusal is not None or check.executable is None:

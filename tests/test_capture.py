@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from pytest_perfreplay.capture import capture, configure, stats
-from pytest_perfreplay.snapshot import Placeholder
+from pytest_perfreplay.capture.decorator import capture, configure, stats
+from pytest_perfreplay.snapshot.format import Placeholder
 from tests.capture_helpers import fixtures, targets
 from tests.capture_helpers.fixtures import KEY, Cap
 
-capture_module = importlib.import_module("pytest_perfreplay.capture")
+capture_module = importlib.import_module("pytest_perfreplay.capture.decorator")
 cap = fixtures.cap
 capture_log = fixtures.capture_log
 
@@ -381,7 +381,7 @@ def test_redaction_can_be_turned_off(cap: Cap) -> None:
 
 
 def test_clean_arguments_are_not_copied(cap: Cap) -> None:
-    from pytest_perfreplay.redact import Redactor, scrub_call
+    from pytest_perfreplay.capture.redact import Redactor, scrub_call
 
     records = [{"id": i, "tags": ["a", "b"]} for i in range(50)]
     args, kwargs, found = scrub_call(Redactor(), (records,), {}, (), ())
@@ -667,7 +667,7 @@ def test_perfreplay_targets_env_patches_at_start_up(tmp_path: Path) -> None:
 
 def test_capture_module_imports_no_heavy_dependencies() -> None:
     code = (
-        "import sys, pytest_perfreplay.capture;"
+        "import sys, pytest_perfreplay.capture.decorator;"
         "bad = [m for m in ('pytest', 'numpy', 'scipy', 'pyinstrument', 'fsspec', 'opentelemetry')"
         " if m in sys.modules]; print(bad);"
         "import threading; print(threading.active_count())"

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from pytest_perfreplay.replay import read_snapshot
-from pytest_perfreplay.snapshot import Keyring
-from pytest_perfreplay.store import TMP_PREFIX, Store
+from pytest_perfreplay.replay.call import read_snapshot
+from pytest_perfreplay.snapshot.format import Keyring
+from pytest_perfreplay.snapshot.store import TMP_PREFIX, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "procs-test-key-0123456789abcdef"

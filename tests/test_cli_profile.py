@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pytest_perfreplay import speedscope as S
 from pytest_perfreplay.cli import main
+from pytest_perfreplay.profile import speedscope as S
 
 Validator = Callable[[Mapping[str, Any]], None]
 APP = "/srv/app/shop/orders.py"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_perfreplay.snapshot import read_header_file
+from pytest_perfreplay.snapshot.format import read_header_file
 
 SVC = """
 def work(values):

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_perfreplay.capture import capture
+from pytest_perfreplay.capture.decorator import capture
 from pytest_perfreplay.cli import store as store_cli
 from pytest_perfreplay.errors import PerfReplayError
 from tests.capture_helpers import fixtures, targets
 from tests.capture_helpers.fixtures import Cap
 
-capture_module = importlib.import_module("pytest_perfreplay.capture")
+capture_module = importlib.import_module("pytest_perfreplay.capture.decorator")
 cap = fixtures.cap
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_perfreplay.cli import main
-from pytest_perfreplay.snapshot import Keyring, dumps, encode, new_snapshot_id, read_header
+from pytest_perfreplay.snapshot.format import Keyring, dumps, encode, new_snapshot_id, read_header
 
 KEY = "cli-remote-test-key"
 

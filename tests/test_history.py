@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pytest_perfreplay.cli import history as cli_history
-from pytest_perfreplay.history import MAX_SAMPLES, Entry, Ledger, bounded
+from pytest_perfreplay.replay.history import MAX_SAMPLES, Entry, Ledger, bounded
 
 
 def entry(iteration: int, level: float, *, seed: int) -> Entry:
@@ -95,7 +95,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(
 
 
 def test_aa_pairs_are_consecutive_runs_of_unchanged_code() -> None:
-    from pytest_perfreplay.history import Entry, aa_pairs
+    from pytest_perfreplay.replay.history import Entry, aa_pairs
 
     def entry(i: int, est: float, code: str | None, processes: int = 1) -> Entry:
         return Entry(

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from pytest_perfreplay import speedscope as S
-from pytest_perfreplay.profiling import (
+from pytest_perfreplay.profile import speedscope as S
+from pytest_perfreplay.profile.passes import (
     DIFF_SUFFIX,
     PassSettings,
     ProfileRequest,
@@ -25,8 +25,8 @@ from pytest_perfreplay.profiling import (
     run_profile_pass,
     sibling,
 )
-from pytest_perfreplay.profiling import _growth as growth
-from pytest_perfreplay.profiling.pyspy import PySpyError, PySpyOptions
+from pytest_perfreplay.profile.passes import _growth as growth
+from pytest_perfreplay.profile.pyspy import PySpyError, PySpyOptions
 
 Validator = Callable[[Mapping[str, Any]], None]
 

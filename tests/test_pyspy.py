@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from pytest_perfreplay.profiling import pyspy
-from pytest_perfreplay.profiling.pyspy import Host, PySpyError, PySpyOptions, preflight
+from pytest_perfreplay.profile.passes import pyspy
+from pytest_perfreplay.profile.pyspy import Host, PySpyError, PySpyOptions, preflight
 
 PTRACE_BIT = 1 << 19
 ALL_CAPS = 0x1FFFFFFFFFF

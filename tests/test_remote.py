@@ -23,14 +23,14 @@ from typing import Any
 
 import pytest
 
-from pytest_perfreplay import remote
 from pytest_perfreplay.errors import PerfReplayError, StoreError
-from pytest_perfreplay.remote import RemoteStore, describe_error, is_remote, open_store
-from pytest_perfreplay.snapshot import Keyring, encode, verify
-from pytest_perfreplay.store import Store, target_slug
+from pytest_perfreplay.snapshot import remote
+from pytest_perfreplay.snapshot.format import Keyring, encode, verify
+from pytest_perfreplay.snapshot.remote import RemoteStore, describe_error, is_remote, open_store
+from pytest_perfreplay.snapshot.store import Store, target_slug
 from tests.remote_helpers import workload
 
-capture_mod = importlib.import_module("pytest_perfreplay.capture")
+capture_mod = importlib.import_module("pytest_perfreplay.capture.decorator")
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "fleet-test-key-" + "0" * 20
@@ -45,7 +45,7 @@ def fleet_key(monkeypatch: pytest.MonkeyPatch) -> Keyring:
 
 
 def snapshot_bytes(keyring: Keyring | None, target: str = "pkg.mod:f", size: int = 100) -> bytes:
-    from pytest_perfreplay.snapshot import dumps, new_snapshot_id
+    from pytest_perfreplay.snapshot.format import dumps, new_snapshot_id
 
     fields = {"id": new_snapshot_id(), "target": target, "captured_at": time.time()}
     payload = dumps(((list(range(size)),), {})).data
@@ -53,7 +53,7 @@ def snapshot_bytes(keyring: Keyring | None, target: str = "pkg.mod:f", size: int
 
 
 def snapshot_id(data: bytes) -> str:
-    from pytest_perfreplay.snapshot import read_header
+    from pytest_perfreplay.snapshot.format import read_header
 
     return read_header(data)[0].id
 
@@ -438,14 +438,14 @@ def test_four_hosts_fallback_per_process_caps(s3_bucket: Any) -> None:
 
 @pytest.mark.s3
 def test_keep_slowest_replaces_with_if_match(s3_bucket: Any, fleet_key: Keyring) -> None:
-    from pytest_perfreplay.snapshot import read_header
+    from pytest_perfreplay.snapshot.format import read_header
 
     store = RemoteStore.from_url(s3_bucket.url("slowest"))
     outcomes = []
     for d in (1.0, 2.0, 3.0, 5.0, 0.5):
 
         def data(duration: float = d) -> bytes:
-            from pytest_perfreplay.snapshot import dumps, new_snapshot_id
+            from pytest_perfreplay.snapshot.format import dumps, new_snapshot_id
 
             fields = {"id": new_snapshot_id(), "target": "pkg.mod:f", "duration": duration}
             return encode(fields, {"args": dumps(((), {})).data}, keyring=fleet_key)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pytest_perfreplay.snapshot import read_header
+from pytest_perfreplay.snapshot.format import read_header
 
 SERVICE = """
 import asyncio
@@ -258,7 +258,7 @@ def test_corrupt_snapshot_is_one_failing_item_and_the_rest_run(pytester: pytest.
         ]
     )
     # A readable paragraph, not a traceback through our internals.
-    result.stdout.no_fnmatch_line("*pytest_perfreplay/items.py*")
+    result.stdout.no_fnmatch_line("*pytest_perfreplay/replay/items.py*")
 
 
 def test_target_that_no_longer_exists_fails_readably(pytester: pytest.Pytester) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from pytest_perfreplay.rounds import STOP_MAX_PROCESSES, STOP_TARGET, STOP_TIME, RoundPolicy
-from pytest_perfreplay.workers import WorkerJob, WorkerRun, run_processes, worker_rounds
+from pytest_perfreplay.replay.rounds import STOP_MAX_PROCESSES, STOP_TARGET, STOP_TIME, RoundPolicy
+from pytest_perfreplay.replay.workers import WorkerJob, WorkerRun, run_processes, worker_rounds
 from tests.test_replay import capture_traffic, run
 
 JOB = WorkerJob(snapshot_path="x.prsnap", store=".perfreplay", allow_unsigned=False)

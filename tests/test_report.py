@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pytest_perfreplay.report import comparison_line
-from pytest_perfreplay.stats import Comparison
+from pytest_perfreplay.replay.report import comparison_line
+from pytest_perfreplay.replay.stats import Comparison
 
 
 def comparison(ratio: float, low: float, high: float, p: float, significant: bool) -> Comparison:

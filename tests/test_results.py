@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pytest_perfreplay.replay import CallOutcome
-from pytest_perfreplay.results import (
+from pytest_perfreplay.replay.call import CallOutcome
+from pytest_perfreplay.replay.results import (
     MAX_DIFF_LINES,
     ResultMismatch,
     bounded_diff,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import pytest
 
-from pytest_perfreplay.rounds import (
+from pytest_perfreplay.replay.rounds import (
     STOP_MAX_ROUNDS,
     STOP_TARGET,
     STOP_TIME,
@@ -18,7 +18,7 @@ from pytest_perfreplay.rounds import (
     next_check,
     run_rounds,
 )
-from pytest_perfreplay.stats import interval
+from pytest_perfreplay.replay.stats import interval
 
 
 class FakeBench:

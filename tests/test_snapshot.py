@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_perfreplay.errors import PerfReplayError, SignatureError, SnapshotError
-from pytest_perfreplay.snapshot import (
+from pytest_perfreplay.snapshot.format import (
     FORMAT_VERSION,
     MAGIC,
     Keyring,

@@ -1,4 +1,4 @@
-"""Unit tests for pytest_perfreplay.speedscope (pure functions, no browser)."""
+"""Unit tests for pytest_perfreplay.profile.speedscope (pure functions, no browser)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_perfreplay import speedscope as S
+from pytest_perfreplay.profile import speedscope as S
 
 SITE = "/venv/lib/python3.11/site-packages"
 APP = "/srv/app/src/shop/orders.py"

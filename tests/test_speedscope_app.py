@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pytest_perfreplay import speedscope as S
+from pytest_perfreplay.profile import speedscope as S
 
 Validator = Callable[[Mapping[str, Any]], None]
 

@@ -10,8 +10,8 @@ import scipy.stats  # type: ignore[import-untyped, unused-ignore]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_perfreplay import stats
-from pytest_perfreplay.stats import (
+from pytest_perfreplay.replay import stats
+from pytest_perfreplay.replay.stats import (
     Comparison,
     Interval,
     compare,

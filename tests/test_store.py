@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 from pytest_perfreplay.errors import StoreError
-from pytest_perfreplay.snapshot import Keyring, dumps, encode
-from pytest_perfreplay.store import TMP_PREFIX, Store, make_private_dirs, parse_budget, write_atomic
+from pytest_perfreplay.snapshot.format import Keyring, dumps, encode
+from pytest_perfreplay.snapshot.store import (
+    TMP_PREFIX,
+    Store,
+    make_private_dirs,
+    parse_budget,
+    write_atomic,
+)
 
 KEY = Keyring.from_secrets(b"store-test-key-0123456789")
 
@@ -23,7 +29,7 @@ def _snap(duration: float, value: object = None, size: int = 0) -> tuple[bytes, 
         {"args": dumps(((value if value is not None else duration, bytes(size)), {})).data},
         keyring=KEY,
     )
-    from pytest_perfreplay.snapshot import read_header
+    from pytest_perfreplay.snapshot.format import read_header
 
     digest = read_header(data)[0].args_digest
     assert digest is not None

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import importlib
-import importlib.abc
-import importlib.machinery
 import inspect
 import logging
 import math
@@ -36,16 +33,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from .redact import (
-    RedactionError,
-    Redactor,
-    RedactSpec,
-    denied_positions,
-    parameter_names,
-    scrub_call,
-    scrub_positions,
-)
-from .snapshot import (
+from ..snapshot.format import (
     Keyring,
     PayloadTooLarge,
     code_hash,
@@ -56,7 +44,17 @@ from .snapshot import (
     placeholder_is_auto,
     runtime_versions,
 )
-from .store import Store
+from ..snapshot.store import Store
+from . import targets as _targets
+from .redact import (
+    RedactionError,
+    Redactor,
+    RedactSpec,
+    denied_positions,
+    parameter_names,
+    scrub_call,
+    scrub_positions,
+)
 
 log = logging.getLogger("pytest_perfreplay.capture")
 
@@ -120,7 +118,7 @@ def _open_store(where: str | os.PathLike[str] | None) -> Any:
     if where is None:
         return Store.from_env()
     if "://" in os.fspath(where) and not os.fspath(where).startswith("file://"):
-        from .remote import open_store  # fsspec is only imported for remote stores
+        from ..snapshot.remote import open_store  # fsspec is only imported for remote stores
 
         return open_store(where)
     return Store(Path(os.fspath(where).removeprefix("file://")))
@@ -204,7 +202,7 @@ def _reset() -> None:
     for f in dataclass_fields(_State):
         setattr(_STATE, f.name, getattr(fresh, f.name))
     _local.__dict__.clear()
-    _PENDING.clear()
+    _targets.clear_pending()
 
 
 # ---------------------------------------------------------------------------
@@ -773,45 +771,14 @@ def capture(
     return decorate
 
 
-def unwrap_capture(func: Any) -> Any:
-    """The function under our own capture wrapper (other decorators are kept)."""
-    site = getattr(func, "__perfreplay_site__", None)
-    return site.func if site is not None else func
-
-
-# ---------------------------------------------------------------------------
-# Capture by dotted name: PERFREPLAY_TARGETS="pkg.mod:func,pkg.mod:Class.method"
-
-_PENDING: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+def wrap_by_name(func: Any, options: Mapping[str, Any]) -> Any:
+    """How a target named by dotted path is wrapped: ``capture(**options, force=True)``."""
+    return capture(**{**options, "force": True})(func)
 
 
 def patch_targets(targets: Iterable[str] | Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Wrap functions by dotted name. Modules not imported yet are patched on import.
-
-    Returns the targets patched right now. Code that did ``from mod import func`` before
-    the patch keeps the unwrapped function: set the variable before start-up.
-    """
-    items: list[tuple[str, Mapping[str, Any]]]
-    if isinstance(targets, Mapping):
-        items = [(t, dict(o)) for t, o in targets.items()]
-    else:
-        items = [(t, {}) for t in targets]
-    done = []
-    for spec, options in items:
-        module_name, sep, qualname = spec.strip().partition(":")
-        if not sep or not module_name or not qualname:
-            raise ValueError(
-                f"capture target {spec!r} is not of the form 'package.module:qualname' "
-                "(e.g. 'shop.pricing:Cart.total')"
-            )
-        module = sys.modules.get(module_name)
-        if module is not None and not _initializing(module):
-            if _patch_one(module, qualname, options):
-                done.append(spec)
-        else:
-            _PENDING.setdefault(module_name, []).append((qualname, options))
-            _install_finder()
-    return done
+    """Capture functions by dotted name (``"pkg.mod:Class.method"``); see ``targets``."""
+    return _targets.patch_targets(targets, wrap_by_name)
 
 
 def _patch_env_targets() -> None:
@@ -825,80 +792,10 @@ def _patch_env_targets() -> None:
         log.warning("perfreplay: %s ignored: %s", TARGETS_ENV, exc)
 
 
-def _initializing(module: types.ModuleType) -> bool:
-    spec = getattr(module, "__spec__", None)
-    return bool(getattr(spec, "_initializing", False))
-
-
-def _patch_one(module: types.ModuleType, qualname: str, options: Mapping[str, Any]) -> bool:
-    *owners, attr = qualname.split(".")
-    owner: Any = module
-    try:
-        for part in owners:
-            owner = getattr(owner, part)
-        original = inspect.getattr_static(owner, attr)
-    except AttributeError:
-        log.warning("perfreplay: capture target %s:%s not found", module.__name__, qualname)
-        return False
-    try:
-        wrapped = capture(**{**options, "force": True})(original)
-    except TypeError as exc:
-        log.warning("perfreplay: cannot capture %s:%s: %s", module.__name__, qualname, exc)
-        return False
-    if wrapped is not original:
-        setattr(owner, attr, wrapped)
-    return True
-
-
-def _apply_pending(module: types.ModuleType) -> None:
-    for qualname, options in _PENDING.pop(module.__name__, []):
-        try:
-            _patch_one(module, qualname, options)
-        except Exception as exc:
-            log.warning("perfreplay: cannot capture %s:%s: %r", module.__name__, qualname, exc)
-
-
-class _PatchingLoader(importlib.abc.Loader):
-    """Runs the real loader, then patches the module's capture targets."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        create = getattr(self._inner, "create_module", None)
-        return create(spec) if create is not None else None
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        self._inner.exec_module(module)
-        _apply_pending(module)
-
-    def __getattr__(self, name: str) -> Any:  # get_data, get_source, resource readers...
-        return getattr(self._inner, name)
-
-
-class _TargetFinder(importlib.abc.MetaPathFinder):
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in _PENDING:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader)
-                return spec
-        return None
-
-
-_FINDER = _TargetFinder()
-
-
-def _install_finder() -> None:
-    if _FINDER not in sys.meta_path:
-        sys.meta_path.insert(0, _FINDER)
+def unwrap_capture(func: Any) -> Any:
+    """The function under our own capture wrapper (other decorators are kept)."""
+    site = getattr(func, "__perfreplay_site__", None)
+    return site.func if site is not None else func
 
 
 if _STATE.active:

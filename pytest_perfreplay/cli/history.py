@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PerfReplayError
-from ..history import Entry, Ledger
-from ..stats import Comparison, compare
-from ..store import Store, target_slug
+from ..replay.history import Entry, Ledger
+from ..replay.stats import Comparison, compare
+from ..snapshot.store import Store, target_slug
 
 
 def register(sub: Any) -> None:

@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, speedscope
+from .._version import __version__
 from ..errors import PerfReplayError
+from ..profile import speedscope
 
 EXPORTER = f"pytest-perfreplay@{__version__}"
 ENV_SPEEDSCOPE_DIR = "PERFREPLAY_SPEEDSCOPE_DIR"  # the npm package folder, when not found
@@ -287,7 +288,7 @@ def app_url(index_html: Path, profile: Path, *, view: str | None = None) -> str:
 
 
 def _session_for(profile: Path) -> Path | None:
-    from ..profiling import SESSION_SUFFIX, sibling
+    from ..profile.passes import SESSION_SUFFIX, sibling
 
     session = sibling(profile, SESSION_SUFFIX)
     return session if session.is_file() else None

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..remote import RemoteStore, default_cache, is_remote, parse_since
-from ..store import STORE_ENV, Store
+from ..snapshot.remote import RemoteStore, default_cache, is_remote, parse_since
+from ..snapshot.store import STORE_ENV, Store
 
 
 def _since(text: str) -> float:

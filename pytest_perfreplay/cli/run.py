@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import PerfReplayError
 
-BOOT = Path(__file__).resolve().parent.parent / "_boot"
+BOOT = Path(__file__).resolve().parent.parent / "capture" / "_boot"
 
 
 def register(sub: Any) -> None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PerfReplayError, SnapshotError, StoreError
-from ..snapshot import Header, Keyring, read_header_file, verify
-from ..store import Store
+from ..snapshot.format import Header, Keyring, read_header_file, verify
+from ..snapshot.store import Store
 
 
 def register(sub: Any) -> None:
@@ -168,7 +168,7 @@ class _Files:
 
 def _files(args: argparse.Namespace) -> _Files:
     where = args.store or os.environ.get("PERFREPLAY_STORE") or ".perfreplay"
-    from ..remote import RemoteStore, describe_error, is_remote
+    from ..snapshot.remote import RemoteStore, describe_error, is_remote
 
     if not is_remote(where):
         store = Store.from_env(args.store)
@@ -193,7 +193,7 @@ def _remote_errors(func: Any) -> Any:
             raise
         except Exception as exc:
             where = args.store or os.environ.get("PERFREPLAY_STORE") or ".perfreplay"
-            from ..remote import describe_error, is_remote
+            from ..snapshot.remote import describe_error, is_remote
 
             if not is_remote(where):
                 raise

@@ -1,7 +1,7 @@
 """The profiling pass: after timing, a fixed number of replayed calls under a profiler.
 
-Timing is never taken under a profiler (py-spy adds 10-25% to a call-heavy loop): items.py runs
-this pass after the rounds, over a call count that doubles until the profile holds enough
+Timing is never taken under a profiler (py-spy adds 10-25% to a call-heavy loop): replay/items.py
+runs this pass after the rounds, over a call count that doubles until the profile holds enough
 samples. The focused, normalized profile goes to
 ``<profiles_dir>/<target>/<iteration>-<snapshot>.speedscope.json``; with a previous iteration's
 profile, a per-call diff goes next to it as ``<iteration>-<snapshot>.diff.speedscope.json``.
@@ -20,10 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .. import speedscope
-from ..store import write_atomic
+from ..snapshot.store import write_atomic
 from . import pyinstrument as pyinstrument_backend
-from . import pyspy
+from . import pyspy, speedscope
 
 __all__ = [
     "PROFILE_SUFFIX",
@@ -226,12 +225,12 @@ def _replace_raw(options: pyspy.PySpyOptions, raw_path: Path) -> pyspy.PySpyOpti
 
 
 # ------------------------------------------------------------------------------------------
-# the pass as items.py calls it
+# the pass as replay/items.py calls it
 
 
 @dataclass(frozen=True)
 class PassSettings:
-    """Everything the pass needs from the config; items.py passes the values through."""
+    """Everything the pass needs from the config; replay/items.py passes the values through."""
 
     profiler: str  # "auto" | "py-spy" | "pyinstrument"
     rate: int
@@ -361,9 +360,9 @@ def run_profile_pass(
 ) -> PassOutcome:
     """Profile one snapshot after its timing: write the file, summarize it, diff it against
     ``previous`` (the last ledger entry: ``.profile``, ``.profile_calls``); never raise."""
-    from .. import __version__
-    from ..snapshot import inspect_unwrap
-    from ..store import target_slug
+    from .._version import __version__
+    from ..snapshot.format import inspect_unwrap
+    from ..snapshot.store import target_slug
 
     target = snapshot.header.target
     code = getattr(inspect_unwrap(func), "__code__", None)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .capture import unwrap_capture
-from .errors import SnapshotError
-from .snapshot import Keyring, Snapshot, code_hash, inspect_unwrap, python_minor, verify
+from ..capture.decorator import unwrap_capture
+from ..errors import SnapshotError
+from ..snapshot.format import Keyring, Snapshot, code_hash, inspect_unwrap, python_minor, verify
 
 GcPolicy = str  # "collect" | "disable" | "enable"; validated by rounds.RoundPolicy
 
@@ -193,7 +193,7 @@ class Replayer:
 
     def first_call(self) -> tuple[CallOutcome, bool]:
         """Call once; return the outcome and whether the call mutated its arguments."""
-        from .snapshot import dumps
+        from ..snapshot.format import dumps
 
         args, kwargs = self.fresh_args()
         before = _digest(dumps((args, kwargs)).data)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from .remote import default_cache, is_remote
+from ..snapshot.remote import default_cache, is_remote
+from ..snapshot.store import DEFAULT_ROOT, STORE_ENV
 from .rounds import RoundPolicy
-from .store import DEFAULT_ROOT, STORE_ENV
 
 PROFILERS = ("auto", "py-spy", "pyinstrument")
 ESTIMATORS = ("median", "mean", "min")

@@ -19,13 +19,15 @@ from typing import Any, Protocol
 
 import pytest
 
-from .capture import target_name
+from ..capture.decorator import target_name
+from ..errors import PerfReplayError, SnapshotError, StoreError
+from ..snapshot.store import Store
 from .config import ReplayConfig
-from .errors import PerfReplayError, SnapshotError, StoreError
-from .items import ItemOutcome, ReplayFailure, ReplaySession, load_snapshot, replay_snapshot
+from .items import load_snapshot, replay_snapshot
+from .report import progress_writer
 from .results import Compare, ResultMismatch
 from .rounds import RoundsResult
-from .store import Store
+from .session import ItemOutcome, ReplayFailure, ReplaySession, replay_session, set_replay_session
 
 
 class PerfReplay(Protocol):
@@ -36,12 +38,11 @@ class PerfReplay(Protocol):
 
 def session_state(config: pytest.Config) -> ReplaySession:
     """The session's replay state; created on first use when ``--perf-replay`` is off."""
-    from .plugin import replay_session, set_replay_session
-
     state = replay_session(config)
     if state is None:
         cfg = ReplayConfig.from_pytest(config)
         state = ReplaySession(config=cfg, store=Store(cfg.store))
+        state.write_progress = progress_writer(config)
         set_replay_session(config, state)
     return state
 

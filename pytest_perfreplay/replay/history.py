@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .store import target_slug
+from ..snapshot.store import target_slug
 
 MAX_SAMPLES = 2000  # per entry; enough for the significance test, bounded on disk
 

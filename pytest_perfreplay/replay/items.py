@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from . import __version__
-from .capture import target_name
-from .config import ReplayConfig
-from .errors import PerfReplayError, SnapshotError
-from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
-from .replay import (
+from .._version import __version__
+from ..capture.decorator import target_name
+from ..errors import PerfReplayError, SnapshotError
+from ..snapshot.format import Header, Snapshot, code_hash, read_header_file
+from .call import (
     CallOutcome,
     Replayer,
     code_changed,
@@ -26,46 +24,12 @@ from .replay import (
     read_snapshot,
     resolve_target,
 )
+from .config import ReplayConfig
+from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
-from .snapshot import Header, Snapshot, code_hash, read_header_file
+from .session import ItemOutcome, ReplayFailure, ReplaySession, replay_session
 from .stats import Comparison, compare, compare_groups, preload_scipy, session_drift
-from .store import Store
-
-
-class ReplayFailure(PerfReplayError):
-    """Fails an item with a readable paragraph instead of a traceback through our code."""
-
-
-@dataclass
-class ItemOutcome:
-    """What one snapshot item measured; the terminal summary prints these."""
-
-    nodeid: str
-    target: str
-    snapshot_id: str
-    iteration: int = 0
-    rounds: RoundsResult | None = None
-    notes: list[str] = field(default_factory=list)
-    vs_previous: Comparison | None = None
-    vs_first: Comparison | None = None
-    result_check: str | None = None
-    mutated: bool = False
-    drift: float | None = None  # between-session drift allowed in the comparisons
-    profile_path: Path | None = None
-    profile_lines: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-@dataclass
-class ReplaySession:
-    """Per-session state, kept in ``config.stash``."""
-
-    config: ReplayConfig
-    store: Store
-    outcomes: list[ItemOutcome] = field(default_factory=list)
-    write_progress: Callable[[str], None] | None = None
-    pulled: list[str] = field(default_factory=list)  # what pulling a remote store reported
 
 
 class SnapshotCollector(pytest.Collector):
@@ -139,10 +103,8 @@ class SnapshotItem(pytest.Function):
 
     @property
     def session_state(self) -> ReplaySession:
-        from .plugin import replay_session
-
         state = replay_session(self.config)
-        assert state is not None
+        assert state is not None, "snapshot items exist only in a --perf-replay session"
         return state
 
     # -- the work -------------------------------------------------------------
@@ -464,7 +426,7 @@ def _profile(
     func: Callable[..., Any],
     previous: list[Entry],
 ) -> int | None:
-    from .profiling import PassSettings, run_profile_pass
+    from ..profile.passes import PassSettings, run_profile_pass
 
     cfg = state.config
     assert outcome.rounds is not None

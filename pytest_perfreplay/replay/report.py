@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .items import ItemOutcome, ReplaySession
+from .session import ItemOutcome, ReplaySession
 from .stats import Comparison
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .replay import CallOutcome
+from .call import CallOutcome
 
 MAX_DIFF_LINES = 40
 MAX_ITEM_DIFFS = 10

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from pytest_perfreplay.stats import ESTIMATORS, Estimator, Interval, detect_warmup, interval
+from .stats import ESTIMATORS, Estimator, Interval, detect_warmup, interval
 
 __all__ = [
     "STOP_MAX_PROCESSES",

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-from .errors import PerfReplayError
+from ..errors import PerfReplayError
 from .rounds import (
     STOP_MAX_PROCESSES,
     STOP_TARGET,
@@ -180,7 +180,7 @@ def spawn_worker(job: WorkerJob, on_sample: Callable[[float], None]) -> WorkerRu
     with tempfile.TemporaryFile() as errfile:
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pytest_perfreplay.workers", str(write_fd)],
+                [sys.executable, "-m", "pytest_perfreplay.replay.workers", str(write_fd)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=errfile,
@@ -281,9 +281,9 @@ def worker_rounds(
 def _worker(job: WorkerJob, out: IO[str]) -> None:
     from pathlib import Path
 
-    from .capture import configure
-    from .replay import Replayer, read_snapshot, resolve_target
-    from .store import Store
+    from ..capture.decorator import configure
+    from ..snapshot.store import Store
+    from .call import Replayer, read_snapshot, resolve_target
 
     configure(enabled=False)
     snapshot = read_snapshot(

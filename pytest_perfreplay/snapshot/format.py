@@ -35,7 +35,7 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import SignatureError, SnapshotError
+from ..errors import SignatureError, SnapshotError
 
 MAGIC = b"\x89PRSNAP\n"
 FORMAT_VERSION = 1
@@ -322,7 +322,7 @@ _VERSIONS: dict[str, str] | None = None
 def runtime_versions() -> dict[str, str]:
     global _VERSIONS
     if _VERSIONS is None:
-        from . import __version__
+        from .._version import __version__
 
         _VERSIONS = {
             "python": platform.python_version(),

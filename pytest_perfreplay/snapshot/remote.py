@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PerfReplayError, SnapshotError, StoreError
-from .snapshot import MAGIC, SUFFIX, Header, Keyring, read_header, verify
+from ..errors import PerfReplayError, SnapshotError, StoreError
+from .format import MAGIC, SUFFIX, Header, Keyring, read_header, verify
 from .store import (
     DEFAULT_ROOT,
     SLOT_PREFIX,

@@ -39,8 +39,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SnapshotError, StoreError
-from .snapshot import SUFFIX, Header, Keyring, read_header_file
+from ..errors import SnapshotError, StoreError
+from .format import SUFFIX, Header, Keyring, read_header_file
 
 DEFAULT_ROOT = ".perfreplay"
 STORE_ENV = "PERFREPLAY_STORE"

@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest_perfreplay  # noqa: F401  (start-up: reads the environment)
-from pytest_perfreplay.capture import stats
+from pytest_perfreplay.capture.decorator import stats
 
 from . import late_target
 

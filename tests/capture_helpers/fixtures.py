@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_perfreplay.replay import read_snapshot
-from pytest_perfreplay.snapshot import Keyring, Snapshot
-from pytest_perfreplay.store import Store
+from pytest_perfreplay.replay.call import read_snapshot
+from pytest_perfreplay.snapshot.format import Keyring, Snapshot
+from pytest_perfreplay.snapshot.store import Store
 
-capture_module = importlib.import_module("pytest_perfreplay.capture")
+capture_module = importlib.import_module("pytest_perfreplay.capture.decorator")
 
 KEY = b"test-signing-key-0123456789abcdef"
 

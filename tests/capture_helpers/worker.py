@@ -6,7 +6,7 @@ import os
 import sys
 
 from pytest_perfreplay import capture
-from pytest_perfreplay.capture import configure, stats
+from pytest_perfreplay.capture.decorator import configure, stats
 
 from . import targets
 

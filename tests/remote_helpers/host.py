@@ -12,11 +12,11 @@ import importlib
 import json
 import sys
 
-from pytest_perfreplay.remote import RemoteStore
+from pytest_perfreplay.snapshot.remote import RemoteStore
 from tests.remote_helpers import workload
 
 # The package exports the decorator under the same name, so fetch the module itself.
-capture_mod = importlib.import_module("pytest_perfreplay.capture")
+capture_mod = importlib.import_module("pytest_perfreplay.capture.decorator")
 
 
 def main() -> int:
