@@ -24,6 +24,7 @@ from tests.capture_helpers.fixtures import KEY, Cap
 capture_module = importlib.import_module("pytest_perfreplay.capture.decorator")
 cap = fixtures.cap
 capture_log = fixtures.capture_log
+fake_clock = fixtures.fake_clock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,8 +127,8 @@ def test_sample_rate_is_a_fraction(cap: Cap) -> None:
     assert 80 < stats()["captured"] < 280  # ~180 expected; the bounds are many sigmas wide
 
 
-def test_slower_than_keeps_only_slow_calls(cap: Cap) -> None:
-    f = capture(slower_than=0.02)(targets.busy)
+def test_slower_than_keeps_only_slow_calls(cap: Cap, fake_clock: fixtures.FakeClock) -> None:
+    f = capture(slower_than=0.02)(targets.takes)
     f(0.0)
     f(0.03)
     [snap] = cap.snapshots()
@@ -179,8 +180,8 @@ def test_max_bytes_aborts_pickling_early_and_records_a_skip(cap: Cap) -> None:
     assert cap.store.snapshot_paths() == []
 
 
-def test_quota_keeps_the_slowest_calls(cap: Cap) -> None:
-    f = capture(max_snapshots=2)(targets.busy)
+def test_quota_keeps_the_slowest_calls(cap: Cap, fake_clock: fixtures.FakeClock) -> None:
+    f = capture(max_snapshots=2)(targets.takes)
     for seconds in (0.001, 0.002, 0.008, 0.0005, 0.006):
         f(seconds)
     kept = sorted(s.load_call()[0][0] for s in cap.snapshots())

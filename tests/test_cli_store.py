@@ -17,6 +17,7 @@ from tests.capture_helpers.fixtures import Cap
 
 capture_module = importlib.import_module("pytest_perfreplay.capture.decorator")
 cap = fixtures.cap
+fake_clock = fixtures.fake_clock
 
 
 def run(*argv: str) -> int:
@@ -29,10 +30,10 @@ def run(*argv: str) -> int:
 
 
 @pytest.fixture
-def filled(cap: Cap, monkeypatch: pytest.MonkeyPatch) -> Cap:
+def filled(cap: Cap, fake_clock: fixtures.FakeClock, monkeypatch: pytest.MonkeyPatch) -> Cap:
     monkeypatch.setenv("PERFREPLAY_KEY", fixtures.KEY.decode())
     monkeypatch.setenv("PERFREPLAY_STORE", str(cap.root))
-    f = capture(max_snapshots=10)(targets.busy)
+    f = capture(max_snapshots=10)(targets.takes)
     for seconds in (0.001, 0.003, 0.002):
         f(seconds)
     capture(targets.login)("ann", "pw-CLI-SECRET")
@@ -45,7 +46,7 @@ def test_list_shows_targets_counts_sizes_and_slowest(
     assert run("list") == 0
     out = capsys.readouterr().out
     line = next(
-        ln for ln in out.splitlines() if ln.startswith("tests.capture_helpers.targets:busy")
+        ln for ln in out.splitlines() if ln.startswith("tests.capture_helpers.targets:takes")
     )
     assert " 3 " in line and "ms" in line
     assert "4 snapshot(s)" in out
@@ -90,7 +91,7 @@ def test_prune_by_count_target_age_and_invalid(
     assert "would delete 2 snapshot(s)" in capsys.readouterr().out
     assert len(filled.store.snapshot_paths()) == 4
     assert run("prune", "--keep", "1") == 0
-    busy = [s for s in filled.snapshots() if s.header.target.endswith("busy")]
+    busy = [s for s in filled.snapshots() if s.header.target.endswith("takes")]
     assert [s.load_call()[0][0] for s in busy] == [0.003]  # the slowest survives
     assert run("prune", "--target", "tests.capture_helpers.targets:login") == 0
     assert len(filled.store.snapshot_paths()) == 1
