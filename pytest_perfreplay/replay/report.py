@@ -102,6 +102,8 @@ def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
                 f"  !! precision target missed: ±{r.precision:.2%} reached, "
                 f"±{r.policy.target:.2%} asked; the interval above is honest, just wider"
             )
+    if o.paired is not None:
+        lines.append(f"  {o.paired.line()}")
     change = comparison_line(o.vs_previous, o.vs_first)
     if change:
         allowance = f" (allowing {o.drift:.1%} drift between sessions)" if o.drift else ""
