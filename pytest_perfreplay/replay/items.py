@@ -28,7 +28,7 @@ from .call import (
 )
 from .config import ReplayConfig
 from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
-from .paireditem import baseline_profile, gate, report_paired, time_paired
+from .paireditem import GateFailure, baseline_profile, gate, report_paired, time_paired
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
 from .session import ItemOutcome, ReplayFailure, ReplaySession, replay_session
@@ -77,6 +77,8 @@ def _replay_entry(request: pytest.FixtureRequest, benchmark: Any) -> None:
     benchmark._mode = "perf-replay"  # tells pytest-benchmark the fixture was used
     try:
         item.replay(request, benchmark)
+    except GateFailure:
+        raise  # the measurement is sound and stays in the JSON; only the gate failed
     except BaseException:
         benchmark.has_error = True
         raise

@@ -21,6 +21,10 @@ from .session import ItemOutcome, ReplayFailure, ReplaySession
 from .stats import estimate, group_interval, interval
 
 
+class GateFailure(ReplayFailure):
+    """``--perf-replay-fail-slower`` failed the item; its measurement is still reported."""
+
+
 def time_paired(
     state: ReplaySession,
     outcome: ItemOutcome,
@@ -154,7 +158,7 @@ def gate(outcome: ItemOutcome, fail_slower: float | None) -> None:
     """``--perf-replay-fail-slower=PCT``: fail the item on a significant slowdown beyond PCT."""
     v = outcome.paired
     if v is not None and v.gate(fail_slower):
-        raise ReplayFailure(f"perf gate (--perf-replay-fail-slower={fail_slower:g}%): {v.line()}")
+        raise GateFailure(f"perf gate (--perf-replay-fail-slower={fail_slower:g}%): {v.line()}")
 
 
 def step_summary(state: ReplaySession) -> str | None:

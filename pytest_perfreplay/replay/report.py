@@ -24,6 +24,9 @@ def _fmt_time(seconds: float) -> str:
 def header_line(state: ReplaySession, count: int) -> str:
     cfg = state.config
     where = "this process" if cfg.processes == 1 else f"{cfg.processes}+ worker processes"
+    if cfg.baseline:
+        pairs = cfg.processes if cfg.processes > 1 else "4"
+        where = f"{pairs} process pairs, paired against {cfg.baseline}"
     return (
         f"perfreplay: store {state.store.root}, {count} snapshot(s), target "
         f"±{cfg.precision:.2%} of the {cfg.estimator} at {cfg.confidence:.0%} confidence, "
