@@ -141,7 +141,7 @@ def report_paired(item: pytest.Item, benchmark: Any, outcome: ItemOutcome) -> No
 
 def baseline_profile(outcome: ItemOutcome) -> tuple[Any, float] | None:
     """The baseline's profile as a "previous" for the profile diff, and today's per-call
-    time scaled by the paired ratio (so unchanged code shows no movers)."""
+    time: the baseline's, times the paired ratio (so unchanged code shows no movers)."""
     v, prof = outcome.paired, outcome.paired_profile
     if v is None or not prof or not prof.get("path"):
         return None
@@ -151,7 +151,8 @@ def baseline_profile(outcome: ItemOutcome) -> tuple[Any, float] | None:
         estimate=prof["median"],
         iteration=f"{v.rev} ({v.sha[:12]})",
     )
-    return previous, float(prof["median"]) * v.ratio
+    # Without a significant change the paired verdict says "same": scale both sides alike.
+    return previous, float(prof["median"]) * (v.ratio if v.significant else 1.0)
 
 
 def gate(outcome: ItemOutcome, fail_slower: float | None) -> None:
