@@ -310,7 +310,10 @@ def _venv(path: Path) -> Path:
         check=True,
     ).stdout.strip()
     ours = [p for p in sys.path if p.endswith("site-packages")]
-    Path(site, "_outer.pth").write_text("\n".join(ours) + "\n")
+    # addsitedir, not a bare path: the .pth files there (this plugin's own editable
+    # install among them) must be processed too.
+    lines = [f"import site; site.addsitedir({p!r})" for p in ours]
+    Path(site, "_outer.pth").write_text("\n".join(lines) + "\n")
     return py
 
 
