@@ -44,7 +44,7 @@ MIN_BLOCKS = 3
 #: Share of the budget the measured letters aim to fill at the default pace.
 PACE_SHARE = 0.6
 #: Blocks per process pair that pace aims for (letters get longer to amortize overhead).
-PACE_BLOCKS = 8
+PACE_BLOCKS = 6
 
 STOP_SIGNIFICANT = "decided: the interval clears the minimum-effect band"
 STOP_EQUIVALENT = "decided: the interval sits inside the minimum-effect band"
@@ -174,10 +174,12 @@ def run_pairs(
                 cand.warm(policy.max_warmup_calls, policy.max_time / 10),
             )
         )
-    wall = max(max(b["wall"], c["wall"]) for b, c in warm)
+    # Letters long enough that one scheduling hiccup does not decide a letter (their median
+    # absorbs it), short enough for PACE_BLOCKS blocks per pair within the budget.
+    per_call = max(max(b["median"], c["median"]) for b, c in warm)
     remaining = max(policy.max_time - (clock() - start), policy.max_time * 0.3)
     letter_time = remaining * PACE_SHARE / (len(pairs) * 4 * PACE_BLOCKS)
-    calls = max(1, min(10_000, int(letter_time / max(wall, 1e-9))))
+    calls = max(1, min(10_000, int(letter_time / max(per_call, 1e-9))))
 
     k = len(pairs)
     logs: list[list[float]] = [[] for _ in range(k)]

@@ -104,7 +104,8 @@ def time_paired(
     if len(groups) >= 2:
         iv = group_interval(groups, policy.estimator, policy.confidence)
     outcome.notes.append(
-        f"paired: {run.calls_per_letter} call(s) per round, stopped: {run.stop_reason} "
+        f"paired: {run.calls_per_letter} call(s) per round (their median is the round's "
+        f"time), stopped: {run.stop_reason} "
         f"({run.looks} look(s), {run.elapsed:.1f} s)"
     )
     return RoundsResult(
