@@ -138,6 +138,7 @@ def test_a_real_2x_slowdown_is_called_slower_and_the_gate_fails(
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     result = run(
         pytester,
+        "--perf-replay-max-time=10",
         "--perf-replay-baseline=HEAD~1",
         "--perf-replay-fail-slower=20",
         "--benchmark-json=b.json",
@@ -179,7 +180,12 @@ def test_a_real_2x_slowdown_is_called_slower_and_the_gate_fails(
     assert stat.S_IMODE(tree.stat().st_mode) == 0o700
     assert (tree / "shop" / "work.py").read_text() == WORK
     # A gate above the change passes the same comparison.
-    again = run(pytester, "--perf-replay-baseline=HEAD~1", "--perf-replay-fail-slower=200")
+    again = run(
+        pytester,
+        "--perf-replay-max-time=10",
+        "--perf-replay-baseline=HEAD~1",
+        "--perf-replay-fail-slower=200",
+    )
     again.assert_outcomes(passed=1)
     again.stdout.fnmatch_lines(["*x slower*vs HEAD~1*significant*"])
 

@@ -163,7 +163,11 @@ def run_pairs(
     clock: Callable[[], float] = time.perf_counter,
     on_look: Callable[[int, PooledLogRatio, float], None] | None = None,
 ) -> PairedRun:
-    """Warm every worker, then interleave ABBA/BAAB blocks until a decision or the budget."""
+    """Warm every worker, then interleave ABBA/BAAB blocks until a decision or the budget.
+
+    ``policy.max_time`` bounds the measured blocks (at least :data:`MIN_BLOCKS` per pair are
+    always taken); the workers' warm-up comes on top.
+    """
     rng = rng or random.Random()
     start = clock()
     warm: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -177,8 +181,7 @@ def run_pairs(
     # Letters long enough that one scheduling hiccup does not decide a letter (their median
     # absorbs it), short enough for PACE_BLOCKS blocks per pair within the budget.
     per_call = max(max(b["median"], c["median"]) for b, c in warm)
-    remaining = max(policy.max_time - (clock() - start), policy.max_time * 0.3)
-    letter_time = remaining * PACE_SHARE / (len(pairs) * 4 * PACE_BLOCKS)
+    letter_time = policy.max_time * PACE_SHARE / (len(pairs) * 4 * PACE_BLOCKS)
     calls = max(1, min(10_000, int(letter_time / max(per_call, 1e-9))))
 
     k = len(pairs)
@@ -222,9 +225,10 @@ def run_pairs(
                 stop = STOP_EQUIVALENT
                 break
         if blocks >= MIN_BLOCKS:
-            elapsed = clock() - start
-            per_block = (clock() - measure_start) / blocks
-            if elapsed + per_block > policy.max_time:
+            # The budget is for the measured rounds: start-up and warm-up are not rounds,
+            # and on a loaded machine they would otherwise leave too few to decide.
+            measured = clock() - measure_start
+            if measured + measured / blocks > policy.max_time:
                 stop = STOP_TIME
                 break
             if letters + 4 * k > policy.max_letters:
