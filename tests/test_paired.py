@@ -299,6 +299,9 @@ def test_shards_split_the_snapshots_deterministically(pytester: pytest.Pytester)
     assert sum(len(s) for s in shards) == len(everything)  # disjoint
     assert ids("--perf-replay-shard=2/3") == shards[1]  # deterministic
     assert ids("--perf-replay-shard=1/1") == everything
+    # The ini twin gives the same split.
+    pytester.makeini("[pytest]\npythonpath = .\nperf_replay_shard = 2/3\n")
+    assert ids() == shards[1]
     for bad in ("0/3", "4/3", "x/2", "3"):
         result = pytester.runpytest_subprocess("--perf-replay", f"--perf-replay-shard={bad}")
         assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -420,4 +423,17 @@ def test_profile_both_sides_scaled_by_the_paired_ratio(pytester: pytest.Pytester
     same.assert_outcomes(passed=1)
     same.stdout.fnmatch_lines(
         ["*vs iteration HEAD (*), per call:*", "*no function moved beyond the noise floor*"]
+    )
+
+
+def test_help_lists_the_paired_flags(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "*--perf-replay-baseline=*",
+            "*--perf-replay-min-effect=*",
+            "*--perf-replay-fail-slower=*",
+            "*--perf-replay-shard=*",
+            "*perf_replay_baseline*",
+        ]
     )
