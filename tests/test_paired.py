@@ -437,3 +437,14 @@ def test_help_lists_the_paired_flags(pytester: pytest.Pytester) -> None:
             "*perf_replay_baseline*",
         ]
     )
+
+
+def test_baseline_that_cannot_import_the_target_is_an_error_not_new(
+    pytester: pytest.Pytester,
+) -> None:
+    broken = "import not_installed_anywhere_b1\n" + WORK
+    flat_repo(pytester, shop(broken), shop())
+    result = run(pytester, "--perf-replay-baseline=HEAD~1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the code at HEAD~1 (*) cannot import the target*"])
+    assert "new at" not in result.stdout.str()

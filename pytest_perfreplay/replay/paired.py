@@ -207,7 +207,8 @@ def run_pairs(
             a, b = got["A"], got["B"]
             # ABBA pairs (A1,B1) and (A2,B2) by position: each B sits next to its A.
             for x, y in zip(a, b, strict=True):
-                logs[j].append(math.log(y / x))
+                # A zero reading (below the clock's resolution) must not end the comparison.
+                logs[j].append(math.log(max(y, 1e-12) / max(x, 1e-12)))
             base_letters[j].extend(a)
             cand_letters[j].extend(b)
             letters += 4
@@ -484,6 +485,8 @@ def compare_with_baseline(
     except PairedError as exc:
         if exc.kind == "target":
             return PairedOutcome(None, None, new_at_rev=f"new at {at}: {exc}")
+        if exc.kind == "import":
+            raise PairedError(f"the code at {at} cannot import the target: {exc}") from None
         if exc.kind == "unpickle":
             raise PairedError(
                 f"the snapshot's arguments do not unpickle against the classes at {at}: {exc}",

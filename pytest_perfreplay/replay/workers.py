@@ -376,7 +376,9 @@ def serve(job: WorkerJob, commands: IO[str], out: IO[str]) -> None:
     try:
         func = resolve_target(target)
     except SnapshotError as exc:
-        raise Refusal("target", str(exc)) from None
+        # The module imported but has no such name: the target is new since this code.
+        imported = target.partition(":")[0] in sys.modules
+        raise Refusal("target" if imported else "import", str(exc)) from None
     module_file = getattr(sys.modules.get(target.partition(":")[0]), "__file__", None)
     if job.expect_root is not None:
         root = Path(job.expect_root).resolve()
