@@ -11,6 +11,7 @@ from .capture.decorator import configure as configure_capture
 from .replay.config import ReplayConfig, add_options
 from .replay.fixture import perf_replay, perf_replay_compare
 from .replay.items import SnapshotCollector, SnapshotItem
+from .replay.paireditem import write_step_summary
 from .replay.report import header_line, progress_writer, summary_lines
 from .replay.session import ReplaySession, replay_session, set_replay_session
 from .snapshot.store import Store
@@ -50,6 +51,15 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--perf-replay-store: {exc}") from None
         pulled = report.lines()
     state = ReplaySession(config=cfg, store=store, pulled=pulled)
+    if cfg.baseline:
+        from .replay.baseline import Baseline, BaselineError
+
+        try:
+            state.baseline = Baseline.prepare(
+                cfg.baseline, Path(config.rootpath), store.root / "baselines"
+            )
+        except BaselineError as exc:
+            raise pytest.UsageError(str(exc)) from None
     state.write_progress = progress_writer(config)
     set_replay_session(config, state)
 
@@ -95,6 +105,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     state = replay_session(terminalreporter.config)
     if state is None or not state.outcomes:
         return
+    write_step_summary(state)
     terminalreporter.section("perfreplay")
     for line in summary_lines(state, Path.cwd()):
         terminalreporter.write_line(line)

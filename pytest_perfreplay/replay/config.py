@@ -66,6 +66,28 @@ def _seconds(value: str) -> float:
     return number
 
 
+def _percent(value: str) -> float:
+    text = value.strip().removesuffix("%")
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a percentage such as 1, 2.5 or '5%'") from None
+    if not 0 <= number < 1000:
+        raise ValueError(f"{value!r} must be a percentage >= 0 and < 1000")
+    return number
+
+
+def _shard(value: str) -> tuple[int, int]:
+    index, sep, count = value.strip().partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise ValueError(f"{value!r} is not of the form I/N, such as 1/4") from None
+    if not sep or n < 1 or not 1 <= i <= n:
+        raise ValueError(f"{value!r}: I/N needs N >= 1 and I between 1 and N, such as 2/4")
+    return i, n
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -160,6 +182,31 @@ OPTIONS: tuple[_Option, ...] = (
         True,
     ),
     _Option(
+        "baseline",
+        "compare today's code with this git revision (HEAD, main, a tag, a sha) on every "
+        "snapshot: paired, in this session",
+        None,
+        str,
+    ),
+    _Option(
+        "min-effect",
+        "smallest change, in percent, that a paired verdict calls significant",
+        "1",
+        _percent,
+    ),
+    _Option(
+        "fail-slower",
+        "fail an item whose paired verdict is significantly slower by more than PCT percent",
+        None,
+        _percent,
+    ),
+    _Option(
+        "shard",
+        "replay only shard I of N (e.g. 2/4), split by a stable hash of the snapshot id",
+        None,
+        _shard,
+    ),
+    _Option(
         "profile-diff-threshold",
         "per-call share a function must move by to count as changed in the profile diff",
         "0.02",
@@ -218,7 +265,7 @@ def _value(config: pytest.Config, opt: _Option) -> Any:
     if raw is None:
         raw = config.getini(_ini_name(opt.name))
         source = f"ini option {_ini_name(opt.name)}"
-    if raw is None:
+    if raw is None or (raw == "" and opt.default is None):
         return None
     if opt.flag and isinstance(raw, bool):
         return raw
@@ -256,6 +303,10 @@ class ReplayConfig:
     profile_idle: bool
     profile_nonblocking: bool
     profile_diff_threshold: float
+    baseline: str | None = None
+    min_effect: float = 1.0  # percent
+    fail_slower: float | None = None  # percent
+    shard: tuple[int, int] | None = None
 
     def policy(self, **overrides: Any) -> RoundPolicy:
         fields: dict[str, Any] = {
@@ -317,4 +368,8 @@ class ReplayConfig:
             profile_idle=bool(v["profile-idle"]),
             profile_nonblocking=bool(v["profile-nonblocking"]),
             profile_diff_threshold=v["profile-diff-threshold"],
+            baseline=v["baseline"] or None,
+            min_effect=v["min-effect"],
+            fail_slower=v["fail-slower"],
+            shard=v["shard"],
         )

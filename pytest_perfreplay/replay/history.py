@@ -41,6 +41,7 @@ class Entry:
     processes: int = 1
     group_estimates: list[float] = field(default_factory=list)
     code_hash: str | None = None  # of the target replayed: equal hashes make an A/A pair
+    paired: dict[str, Any] | None = None  # the paired verdict vs a baseline revision
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:

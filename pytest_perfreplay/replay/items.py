@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from .call import (
 )
 from .config import ReplayConfig
 from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
+from .paireditem import GateFailure, baseline_profile, gate, report_paired, time_paired
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
 from .session import ItemOutcome, ReplayFailure, ReplaySession, replay_session
@@ -40,7 +43,10 @@ class SnapshotCollector(pytest.Collector):
         self.replay = replay
 
     def collect(self) -> Iterator[pytest.Item]:
+        shard = self.replay.config.shard
         for path in self.replay.store.snapshot_paths():
+            if shard is not None and shard_of(path.stem, shard[1]) != shard[0]:
+                continue
             header: Header | None = None
             error: str | None = None
             try:  # the header only: collection never reads payloads
@@ -59,12 +65,20 @@ class SnapshotCollector(pytest.Collector):
             )
 
 
+def shard_of(snapshot_id: str, shards: int) -> int:
+    """The shard (1..shards) of a snapshot: a stable hash of its id, the same everywhere."""
+    digest = hashlib.sha256(snapshot_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards + 1
+
+
 def _replay_entry(request: pytest.FixtureRequest, benchmark: Any) -> None:
     item = request.node
     assert isinstance(item, SnapshotItem)
     benchmark._mode = "perf-replay"  # tells pytest-benchmark the fixture was used
     try:
         item.replay(request, benchmark)
+    except GateFailure:
+        raise  # the measurement is sound and stays in the JSON; only the gate failed
     except BaseException:
         benchmark.has_error = True
         raise
@@ -233,6 +247,7 @@ def _run(
     result = _time(replayer, state, outcome, snapshot, func, target, policy)
     outcome.rounds = result
     _report_to_benchmark(benchmark, result, snapshot, target, outcome)
+    report_paired(request.node, benchmark, outcome)
 
     ledger = Ledger.for_snapshot(state.store.history_dir, target, snapshot.id)
     previous = ledger.entries()
@@ -272,8 +287,10 @@ def _run(
             processes=result.processes,
             group_estimates=list(result.group_estimates),
             code_hash=current_code,
+            paired=asdict(outcome.paired) if outcome.paired else None,
         )
     )
+    gate(outcome, cfg.fail_slower)
     if cfg.strict and not result.target_met:
         raise ReplayFailure(
             f"precision target missed (--perf-replay-strict): reached "
@@ -296,6 +313,19 @@ def _time(
     cfg = state.config
     preload_scipy()  # its ~1 s import must not land inside the round budget
     progress = _progress(state, target)
+    if state.baseline is not None:
+        paired = time_paired(
+            state,
+            outcome,
+            snapshot_path=Path(snapshot.path or ""),
+            target=target,
+            captured_target=snapshot.header.target,
+            policy=policy,
+            why_not_workers=_why_not_processes(snapshot, func, target),
+            write=state.write_progress,
+        )
+        if paired is not None:
+            return paired
     if cfg.processes > 1:
         why_not = _why_not_processes(snapshot, func, target)
         if why_not is None:
@@ -430,6 +460,7 @@ def _profile(
 
     cfg = state.config
     assert outcome.rounds is not None
+    paired = baseline_profile(outcome)  # the diff then runs against the baseline's profile
     settings = PassSettings(
         profiler=cfg.profiler or "auto",
         rate=cfg.profile_rate,
@@ -446,9 +477,9 @@ def _profile(
         func,
         snapshot,
         iteration=outcome.iteration,
-        median=outcome.rounds.interval.estimate,
+        median=paired[1] if paired else outcome.rounds.interval.estimate,
         settings=settings,
-        previous=previous[-1] if previous else None,
+        previous=paired[0] if paired else (previous[-1] if previous else None),
     )
     outcome.profile_path = done.path
     outcome.profile_lines = done.lines

@@ -24,6 +24,9 @@ def _fmt_time(seconds: float) -> str:
 def header_line(state: ReplaySession, count: int) -> str:
     cfg = state.config
     where = "this process" if cfg.processes == 1 else f"{cfg.processes}+ worker processes"
+    if cfg.baseline:
+        pairs = cfg.processes if cfg.processes > 1 else "4"
+        where = f"{pairs} process pairs, paired against {cfg.baseline}"
     return (
         f"perfreplay: store {state.store.root}, {count} snapshot(s), target "
         f"±{cfg.precision:.2%} of the {cfg.estimator} at {cfg.confidence:.0%} confidence, "
@@ -102,6 +105,8 @@ def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
                 f"  !! precision target missed: ±{r.precision:.2%} reached, "
                 f"±{r.policy.target:.2%} asked; the interval above is honest, just wider"
             )
+    if o.paired is not None:
+        lines.append(f"  {o.paired.line()}")
     change = comparison_line(o.vs_previous, o.vs_first)
     if change:
         allowance = f" (allowing {o.drift:.1%} drift between sessions)" if o.drift else ""

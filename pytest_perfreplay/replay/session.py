@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -13,6 +14,10 @@ from ..snapshot.store import Store
 from .config import ReplayConfig
 from .rounds import RoundsResult
 from .stats import Comparison
+
+if TYPE_CHECKING:
+    from .baseline import Baseline
+    from .paired import PairedVerdict
 
 
 class ReplayFailure(PerfReplayError):
@@ -37,6 +42,8 @@ class ItemOutcome:
     profile_path: Path | None = None
     profile_lines: list[str] = field(default_factory=list)
     error: str | None = None
+    paired: PairedVerdict | None = None  # --perf-replay-baseline: the paired verdict
+    paired_profile: dict[str, Any] | None = None  # the baseline side's profile, if any
 
 
 @dataclass
@@ -48,6 +55,7 @@ class ReplaySession:
     outcomes: list[ItemOutcome] = field(default_factory=list)
     write_progress: Callable[[str], None] | None = None
     pulled: list[str] = field(default_factory=list)  # what pulling a remote store reported
+    baseline: Baseline | None = None  # --perf-replay-baseline, resolved once
 
 
 _STATE = pytest.StashKey[ReplaySession]()

@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,8 @@ class WorkerJob:
     #: ``module:qualname`` to call; None means the snapshot's own target.
     target: str | None = None
     policy: dict[str, Any] = field(default_factory=dict)
+    #: Paired mode: the folder the target's top-level package must be imported from.
+    expect_root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -322,15 +325,150 @@ def _worker(job: WorkerJob, out: IO[str]) -> None:
     out.flush()
 
 
+# -- worker side, persistent: one side of a paired comparison ------------------------------
+
+
+class Refusal(Exception):
+    """A worker that cannot take part; ``kind`` tells the parent which error to give."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def unpickle_refusal(exc: BaseException) -> Refusal:
+    """Name the class (or module) the arguments needed and this code did not have."""
+    text = f"{type(exc).__name__}: {exc}"
+    found = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(exc))
+    if found:
+        what = f"class {found.group(2)}.{found.group(1)} is missing"
+    elif isinstance(exc, ModuleNotFoundError) and exc.name:
+        what = f"module {exc.name} is missing"
+    else:
+        what = "they fail to load"
+    return Refusal("unpickle", f"{what} ({text})")
+
+
+def serve(job: WorkerJob, commands: IO[str], out: IO[str]) -> None:
+    """Load the snapshot once, then answer the parent's commands, one line each.
+
+    ``warm`` (calls until warmup settles), ``run M`` (M fresh-argument calls, their median),
+    ``profile {settings}`` (a profiling pass of this side's code). Each answer is one line.
+    """
+    import statistics
+    from pathlib import Path
+
+    from ..capture.decorator import configure
+    from ..errors import SnapshotError
+    from ..snapshot.store import Store
+    from .call import Replayer, read_snapshot, resolve_target
+    from .rounds import WARMUP_WINDOW
+    from .stats import detect_warmup
+
+    configure(enabled=False)
+    snapshot = read_snapshot(
+        Path(job.snapshot_path),
+        keyring=Store(Path(job.store)).keyring(),
+        allow_unsigned=job.allow_unsigned,
+        allow_python_mismatch=True,
+    )
+    target = job.target or snapshot.header.target
+    try:
+        func = resolve_target(target)
+    except SnapshotError as exc:
+        # The module imported but has no such name: the target is new since this code.
+        imported = target.partition(":")[0] in sys.modules
+        raise Refusal("target" if imported else "import", str(exc)) from None
+    module_file = getattr(sys.modules.get(target.partition(":")[0]), "__file__", None)
+    if job.expect_root is not None:
+        root = Path(job.expect_root).resolve()
+        if module_file is None or root not in Path(module_file).resolve().parents:
+            raise Refusal("shadowed", f"{target} was imported from {module_file}, not {root}")
+    policy = RoundPolicy(**job.policy)
+    replayer = Replayer(snapshot, func, gc_policy=policy.gc)
+    try:
+        replayer.fresh_args()
+    except Exception as exc:
+        raise unpickle_refusal(exc) from None
+
+    def reply(kind: str, data: dict[str, Any]) -> None:
+        out.write(f"{kind} {json.dumps(data)}\n")
+        out.flush()
+
+    reply("ready", {"module_file": module_file, "pid": os.getpid()})
+    try:
+        for line in commands:
+            command, _, rest = line.strip().partition(" ")
+            if command == "warm":
+                max_calls, max_seconds = json.loads(rest)
+                series: list[float] = []
+                settled: int | None = None
+                start = time.perf_counter()
+                with replayer.timing():
+                    while len(series) < max_calls and time.perf_counter() - start < max_seconds:
+                        series.append(replayer.measure())
+                        if settled is None:
+                            settled = detect_warmup(series, window=WARMUP_WINDOW)
+                        elif len(series) >= settled + WARMUP_WINDOW:
+                            break
+                wall = (time.perf_counter() - start) / max(len(series), 1)
+                tail = series[settled or 0 :] or series
+                reply(
+                    "warm",
+                    {
+                        "calls": len(series),
+                        "settled": settled is not None,
+                        "median": statistics.median(tail),
+                        "wall": wall,
+                    },
+                )
+            elif command == "run":
+                with replayer.timing():
+                    samples = [replayer.measure() for _ in range(int(rest))]
+                reply("run", {"median": statistics.median(samples)})
+            elif command == "profile":
+                from ..profile.passes import PassSettings, run_profile_pass
+
+                settings = json.loads(rest)
+                settings["profiles_dir"] = Path(settings["profiles_dir"])
+                median = float(settings.pop("median"))
+                done = run_profile_pass(
+                    replayer,
+                    func,
+                    snapshot,
+                    iteration=0,
+                    median=median,
+                    settings=PassSettings(**settings),
+                )
+                reply(
+                    "profile",
+                    {
+                        "path": str(done.path) if done.path else None,
+                        "calls": done.calls,
+                        "notes": done.notes,
+                    },
+                )
+            elif command == "quit":
+                break
+    finally:
+        replayer.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     out = os.fdopen(int(args[0]), "w", buffering=1 << 16)
     try:
-        job = WorkerJob(**json.loads(sys.stdin.read()))
-        _worker(job, out)
+        if args[1:] == ["serve"]:  # a persistent worker of a paired comparison
+            job = WorkerJob(**json.loads(sys.stdin.readline()))
+            serve(job, sys.stdin, out)
+        else:
+            job = WorkerJob(**json.loads(sys.stdin.read()))
+            _worker(job, out)
     except BaseException as exc:  # report everything to the parent, then fail
         with contextlib.suppress(Exception):
-            out.write(f"error {json.dumps({'message': f'{type(exc).__name__}: {exc}'})}\n")
+            kind = getattr(exc, "kind", "failed")
+            message = f"{type(exc).__name__}: {exc}" if kind == "failed" else str(exc)
+            out.write(f"error {json.dumps({'message': message, 'kind': kind})}\n")
             out.flush()
         return 1
     finally:

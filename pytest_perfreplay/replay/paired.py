@@ -1,0 +1,514 @@
+"""Paired A/B in one session: the code at a git revision against today's, on one snapshot.
+
+Several process pairs (a baseline worker and a candidate worker each, every process with its
+own ``PYTHONHASHSEED``) stay alive for the whole comparison. Rounds ("letters": a few fresh-
+argument calls, summarized by their median) alternate between the two sides of one pair in
+randomized ABBA or BAAB blocks; only one worker runs at any moment. Each block yields two
+adjacent (baseline, candidate) pairs, and the statistic is taken on their log ratios
+(:mod:`.pairstats`): Hodges-Lehmann within each process pair, a random effect between them.
+
+The stopping rule aims at the decision: at a few spaced looks it stops once the interval of
+the ratio clears the minimum-effect band (a change) or sits inside it (no change that
+matters), and otherwise when the budget is spent, and says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
+
+from ..errors import PerfReplayError
+from .pairstats import PooledLogRatio, decide, pool
+from .workers import WorkerJob, _worker_env
+
+if TYPE_CHECKING:
+    from .baseline import Baseline
+
+#: Process pairs when ``--perf-replay-processes`` does not say otherwise.
+DEFAULT_PROCESS_PAIRS = 4
+#: Blocks every process pair takes before the first look: 6 pairs, the fewest that give a
+#: Wilcoxon interval at 95%.
+MIN_BLOCKS = 3
+#: Share of the budget the measured letters aim to fill at the default pace.
+PACE_SHARE = 0.6
+#: Blocks per process pair that pace aims for (letters get longer to amortize overhead).
+PACE_BLOCKS = 6
+
+STOP_SIGNIFICANT = "decided: the interval clears the minimum-effect band"
+STOP_EQUIVALENT = "decided: the interval sits inside the minimum-effect band"
+STOP_TIME = "budget spent (time) before a decision"
+STOP_ROUNDS = "budget spent (round cap) before a decision"
+
+
+class PairedError(PerfReplayError):
+    """A paired comparison cannot run; ``kind`` is the worker's reason (target, unpickle...)."""
+
+    def __init__(self, message: str, kind: str = "failed") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class PairedVerdict:
+    """Candidate against baseline, paired in one session (the contract other modes share)."""
+
+    ratio: float  # candidate / baseline: > 1 means the candidate is slower
+    low: float
+    high: float
+    confidence: float
+    significant: bool  # the interval clears the min-effect band
+    equivalent: bool  # the interval sits inside the band
+    direction: Literal["slower", "faster", "same"]
+    unit: Literal["seconds", "instructions", "cycles"]
+    deterministic: bool
+    method: str
+    rev: str
+    sha: str
+    process_pairs: int
+    pairs: int
+    min_effect: float
+    stop_reason: str = ""
+
+    def _span(self) -> str:
+        if self.direction == "faster":  # a speedup reads as a factor > 1, like a slowdown
+            r, lo, hi = 1 / self.ratio, 1 / self.high, 1 / self.low
+        else:
+            r, lo, hi = self.ratio, self.low, self.high
+        digits = 3
+        while digits < 6 and f"{lo:.{digits}f}" == f"{hi:.{digits}f}":
+            digits += 1
+        word = f" {self.direction}" if self.direction != "same" else ""
+        return f"{r:.{digits}f}x{word} [{lo:.{digits}f}-{hi:.{digits}f}]"
+
+    def _context(self) -> str:
+        return f"paired, same session, {self.process_pairs} process pairs, {self.pairs} pairs"
+
+    def line(self) -> str:
+        """``change: 1.073x slower [1.061-1.085] vs HEAD (paired, ...), significant``."""
+        if self.significant:
+            return f"change: {self._span()} vs {self.rev} ({self._context()}), significant"
+        band = f"±{self.min_effect:g}% band"
+        why = f"inside the {band}" if self.equivalent else f"interval reaches the {band}: undecided"
+        return f"no significant change vs {self.rev} ({self._context()}; {self._span()}, {why})"
+
+    def gate(self, fail_slower: float | None) -> bool:
+        """True when ``--perf-replay-fail-slower=PCT`` fails this verdict."""
+        return (
+            fail_slower is not None
+            and self.significant
+            and self.direction == "slower"
+            and self.ratio > 1 + fail_slower / 100
+        )
+
+
+@dataclass(frozen=True)
+class PairedPolicy:
+    process_pairs: int = DEFAULT_PROCESS_PAIRS
+    max_time: float = 10.0
+    max_letters: int = 10_000
+    confidence: float = 0.95
+    min_effect: float = 1.0  # percent
+    max_warmup_calls: int = 50
+
+
+class Side(Protocol):
+    """One worker process as the loop sees it (a fake in unit tests)."""
+
+    def warm(self, max_calls: int, max_seconds: float) -> dict[str, Any]: ...
+
+    def run(self, calls: int) -> float: ...
+
+
+@dataclass
+class PairedRun:
+    pooled: PooledLogRatio
+    log_ratios: list[list[float]]
+    baseline: list[list[float]]  # per process pair, letter medians (seconds per call)
+    candidate: list[list[float]]
+    calls_per_letter: int
+    stop_reason: str
+    elapsed: float
+    looks: int
+    warm: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+
+
+def looks_at(blocks: int) -> bool:
+    """Whether the stopping rule looks after this many blocks per pair: 3, 4, 6, 9, 13...
+
+    Spaced looks keep the number of chances to stop on a fluke small.
+    """
+    look = MIN_BLOCKS
+    while look < blocks:
+        look = max(look + 1, int(look * 1.5))
+    return look == blocks
+
+
+def run_pairs(
+    pairs: Sequence[tuple[Side, Side]],
+    policy: PairedPolicy,
+    *,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    on_look: Callable[[int, PooledLogRatio, float], None] | None = None,
+) -> PairedRun:
+    """Warm every worker, then interleave ABBA/BAAB blocks until a decision or the budget.
+
+    ``policy.max_time`` bounds the measured blocks (at least :data:`MIN_BLOCKS` per pair are
+    always taken); the workers' warm-up comes on top.
+    """
+    rng = rng or random.Random()
+    start = clock()
+    warm: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for base, cand in pairs:
+        warm.append(
+            (
+                base.warm(policy.max_warmup_calls, policy.max_time / 10),
+                cand.warm(policy.max_warmup_calls, policy.max_time / 10),
+            )
+        )
+    # Letters long enough that one scheduling hiccup does not decide a letter (their median
+    # absorbs it), short enough for PACE_BLOCKS blocks per pair within the budget.
+    per_call = max(max(b["median"], c["median"]) for b, c in warm)
+    letter_time = policy.max_time * PACE_SHARE / (len(pairs) * 4 * PACE_BLOCKS)
+    calls = max(1, min(10_000, int(letter_time / max(per_call, 1e-9))))
+
+    k = len(pairs)
+    logs: list[list[float]] = [[] for _ in range(k)]
+    base_letters: list[list[float]] = [[] for _ in range(k)]
+    cand_letters: list[list[float]] = [[] for _ in range(k)]
+    blocks = 0
+    looks = 0
+    letters = 0
+    stop = STOP_TIME
+    pooled: PooledLogRatio | None = None
+    measure_start = clock()
+    while True:
+        order = list(range(k))
+        rng.shuffle(order)
+        for j in order:
+            base, cand = pairs[j]
+            pattern = "ABBA" if rng.random() < 0.5 else "BAAB"
+            got: dict[str, list[float]] = {"A": [], "B": []}
+            for letter in pattern:
+                side = base if letter == "A" else cand
+                got[letter].append(side.run(calls))
+            a, b = got["A"], got["B"]
+            # ABBA pairs (A1,B1) and (A2,B2) by position: each B sits next to its A.
+            for x, y in zip(a, b, strict=True):
+                # A zero reading (below the clock's resolution) must not end the comparison.
+                logs[j].append(math.log(max(y, 1e-12) / max(x, 1e-12)))
+            base_letters[j].extend(a)
+            cand_letters[j].extend(b)
+            letters += 4
+        blocks += 1
+        if blocks >= MIN_BLOCKS and looks_at(blocks):
+            looks += 1
+            pooled = pool(logs, policy.confidence)
+            d = decide(pooled.ratio_low, pooled.ratio_high, policy.min_effect / 100)
+            if on_look is not None:
+                on_look(blocks, pooled, clock() - start)
+            if d.significant:
+                stop = STOP_SIGNIFICANT
+                break
+            if d.equivalent:
+                stop = STOP_EQUIVALENT
+                break
+        if blocks >= MIN_BLOCKS:
+            # The budget is for the measured rounds: start-up and warm-up are not rounds,
+            # and on a loaded machine they would otherwise leave too few to decide.
+            measured = clock() - measure_start
+            if measured + measured / blocks > policy.max_time:
+                stop = STOP_TIME
+                break
+            if letters + 4 * k > policy.max_letters:
+                stop = STOP_ROUNDS
+                break
+    if pooled is None or looks == 0 or not looks_at(blocks):
+        pooled = pool(logs, policy.confidence)
+    return PairedRun(
+        pooled=pooled,
+        log_ratios=logs,
+        baseline=base_letters,
+        candidate=cand_letters,
+        calls_per_letter=calls,
+        stop_reason=stop,
+        elapsed=clock() - start,
+        looks=looks,
+        warm=warm,
+    )
+
+
+def verdict_of(
+    run: PairedRun,
+    policy: PairedPolicy,
+    *,
+    rev: str,
+    sha: str,
+    unit: Literal["seconds", "instructions", "cycles"] = "seconds",
+    deterministic: bool = False,
+) -> PairedVerdict:
+    p = run.pooled
+    d = decide(p.ratio_low, p.ratio_high, policy.min_effect / 100)
+    return PairedVerdict(
+        ratio=p.ratio,
+        low=p.ratio_low,
+        high=p.ratio_high,
+        confidence=p.confidence,
+        significant=d.significant,
+        equivalent=d.equivalent,
+        direction=d.direction,
+        unit=unit,
+        deterministic=deterministic,
+        method=p.method,
+        rev=rev,
+        sha=sha,
+        process_pairs=p.groups,
+        pairs=p.pairs,
+        min_effect=policy.min_effect,
+        stop_reason=run.stop_reason,
+    )
+
+
+# -- the worker processes ----------------------------------------------------------------
+
+
+class WorkerProcess:
+    """A persistent worker (``python -m pytest_perfreplay.replay.workers FD serve``)."""
+
+    def __init__(
+        self, job: WorkerJob, *, env: dict[str, str], cwd: Path | None, label: str
+    ) -> None:
+        self.label = label
+        read_fd, write_fd = os.pipe()
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pytest_perfreplay.replay.workers", str(write_fd), "serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=self._err,
+                pass_fds=(write_fd,),
+                env=env,
+                cwd=cwd,
+            )
+        finally:
+            os.close(write_fd)
+        self._stream: IO[str] = os.fdopen(read_fd, "r")
+        self._send(json.dumps(asdict(job)))
+
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the worker died; the read below reports why
+
+    def _answer(self, expect: str, timeout: float) -> dict[str, Any]:
+        watchdog = threading.Timer(timeout, self.proc.kill)
+        watchdog.start()
+        try:
+            line = self._stream.readline()
+        finally:
+            watchdog.cancel()
+        kind, _, rest = line.rstrip("\n").partition(" ")
+        if kind == expect:
+            return dict(json.loads(rest))
+        if kind == "error":
+            data = json.loads(rest)
+            raise PairedError(str(data.get("message")), str(data.get("kind", "failed")))
+        self.proc.poll()
+        self._err.seek(0)
+        tail = self._err.read().decode(errors="replace").strip().splitlines()[-1:]
+        why = f"exited with code {self.proc.returncode}" if self.proc.returncode else "hung"
+        raise PairedError(f"{self.label} worker {why}" + (f": {tail[0]}" if tail else ""))
+
+    def ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        return self._answer("ready", timeout)
+
+    def warm(self, max_calls: int, max_seconds: float) -> dict[str, Any]:
+        self._send(f"warm {json.dumps([max_calls, max_seconds])}")
+        return self._answer("warm", 60.0 + 3 * max_seconds)
+
+    def run(self, calls: int) -> float:
+        self._send(f"run {calls}")
+        return float(self._answer("run", 600.0)["median"])
+
+    def profile(self, settings: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+        self._send(f"profile {json.dumps(settings)}")
+        return self._answer("profile", timeout)
+
+    def close(self) -> None:
+        self._send("quit")
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._stream.close()
+        self._err.close()
+
+
+def side_env(pythonpath: str | None, seed: int) -> dict[str, str]:
+    """A worker's environment: its own hash seed, and the baseline's roots first if given."""
+    env = _worker_env()
+    env["PYTHONHASHSEED"] = str(seed)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+def start_pairs(
+    base_job: WorkerJob,
+    cand_job: WorkerJob,
+    *,
+    process_pairs: int,
+    baseline_path: str,
+    baseline_cwd: Path,
+    rng: random.Random,
+) -> list[tuple[WorkerProcess, WorkerProcess]]:
+    """Start every worker, then wait for all to be ready (start-up is never timed)."""
+    started: list[tuple[WorkerProcess, WorkerProcess]] = []
+    try:
+        for i in range(process_pairs):
+            base = WorkerProcess(
+                base_job,
+                env=side_env(baseline_path, rng.randrange(1, 2**32 - 1)),
+                cwd=baseline_cwd,
+                label=f"baseline #{i + 1}",
+            )
+            started.append((base, base))
+            cand = WorkerProcess(
+                cand_job,
+                env=side_env(None, rng.randrange(1, 2**32 - 1)),
+                cwd=None,
+                label=f"candidate #{i + 1}",
+            )
+            started[-1] = (base, cand)
+        for base, cand in started:
+            base.ready()
+            cand.ready()
+    except BaseException:
+        close_pairs(started)
+        raise
+    return started
+
+
+def close_pairs(pairs: Sequence[tuple[WorkerProcess, WorkerProcess]]) -> None:
+    for base, cand in pairs:
+        for w in {id(base): base, id(cand): cand}.values():
+            with contextlib.suppress(Exception):
+                w.close()
+
+
+# -- one snapshot, end to end ------------------------------------------------------------
+
+
+@dataclass
+class PairedOutcome:
+    """What a paired comparison of one snapshot produced."""
+
+    verdict: PairedVerdict | None  # None when the target is new at the revision
+    run: PairedRun | None
+    new_at_rev: str | None = None  # the note when the baseline has no such target
+    profile: dict[str, Any] | None = None  # the baseline's profile: path, calls
+
+
+def compare_with_baseline(
+    *,
+    baseline: Baseline,
+    snapshot_path: Path,
+    store: Path,
+    allow_unsigned: bool,
+    target: str,
+    captured_target: str,
+    policy: PairedPolicy,
+    gc: str,
+    on_look: Callable[[int, PooledLogRatio, float], None] | None = None,
+    profile_settings: dict[str, Any] | None = None,
+) -> PairedOutcome:
+    """Compare the code at ``baseline`` with today's on one snapshot, in fresh workers.
+
+    Raises :class:`PairedError` with a one-line reason when the comparison cannot be made.
+    """
+    from .baseline import BaselineError, extension_refusal, roots_for, worker_pythonpath
+
+    module = target.partition(":")[0]
+    try:
+        roots = roots_for(baseline, module, sys.path)
+    except BaselineError as exc:
+        raise PairedError(str(exc)) from None
+    at = f"{baseline.rev} ({baseline.sha[:12]})"
+    if roots.new_at_rev:
+        return PairedOutcome(None, None, new_at_rev=f"new at {at}: {module} does not exist there")
+    refusal = extension_refusal(roots, baseline)
+    if refusal is not None:
+        raise PairedError(refusal)
+    worker_policy = {"gc": gc}
+    named = None if target == captured_target else target
+    base_job = WorkerJob(
+        str(snapshot_path),
+        str(store),
+        allow_unsigned,
+        named,
+        worker_policy,
+        expect_root=str(roots.baseline_root),
+    )
+    cand_job = WorkerJob(str(snapshot_path), str(store), allow_unsigned, named, worker_policy)
+    mapped_cwd = baseline.mapped(Path.cwd())
+    cwd = mapped_cwd if mapped_cwd is not None and mapped_cwd.is_dir() else baseline.tree
+    rng = random.Random()
+    try:
+        pairs = start_pairs(
+            base_job,
+            cand_job,
+            process_pairs=policy.process_pairs,
+            baseline_path=worker_pythonpath(roots),
+            baseline_cwd=cwd,
+            rng=rng,
+        )
+    except PairedError as exc:
+        if exc.kind == "target":
+            return PairedOutcome(None, None, new_at_rev=f"new at {at}: {exc}")
+        if exc.kind == "import":
+            raise PairedError(f"the code at {at} cannot import the target: {exc}") from None
+        if exc.kind == "unpickle":
+            raise PairedError(
+                f"the snapshot's arguments do not unpickle against the classes at {at}: {exc}",
+                exc.kind,
+            ) from None
+        raise PairedError(f"baseline comparison failed: {exc}", exc.kind) from None
+    try:
+        run = run_pairs(pairs, policy, rng=rng, on_look=on_look)
+        verdict = verdict_of(run, policy, rev=baseline.rev, sha=baseline.sha)
+        base_profile = None
+        if profile_settings is not None:
+            base_median = _median([x for side in run.baseline for x in side])
+            base_profile = pairs[0][0].profile({**profile_settings, "median": base_median})
+            base_profile["median"] = base_median
+    except PairedError as exc:
+        raise PairedError(f"baseline comparison failed: {exc}", exc.kind) from None
+    finally:
+        close_pairs(pairs)
+    return PairedOutcome(verdict, run, profile=base_profile)
+
+
+def _median(values: Sequence[float]) -> float:
+    import statistics
+
+    return float(statistics.median(values))

@@ -1,0 +1,224 @@
+"""Paired statistics for baseline-versus-candidate rounds: pure functions, no I/O.
+
+The data are per-pair log ratios ``log(candidate / baseline)``, one per adjacent
+(baseline, candidate) measurement, grouped by the process pair that produced them.
+
+* Within one process pair: the **Hodges-Lehmann** estimate (median of the Walsh averages)
+  with the **Wilcoxon signed-rank** interval, exact (the null distribution of the
+  signed-rank statistic by dynamic programming) up to :data:`EXACT_MAX` pairs, normal
+  beyond. Distribution-free: it only assumes the log ratios are symmetric about their centre.
+* Between process pairs: a **random effect**. Each pair's estimate gets a standard error
+  from its interval's width; DerSimonian-Laird estimates the between-pair variance ``tau^2``,
+  and the pooled interval uses Student-t with ``k - 1`` degrees of freedom and the
+  Hartung-Knapp scale (the observed scatter of the pairs' estimates). When process pairs
+  disagree (hash seed, memory layout), ``tau^2`` and the Hartung-Knapp scale grow and the
+  interval widens: process-level effects count as noise, not as signal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Literal
+
+import numpy as np
+
+#: Up to this many pairs the signed-rank distribution is computed exactly.
+EXACT_MAX = 300
+#: Floor for a per-pair standard error: identical counts would otherwise give zero weight.
+MIN_SE = 1e-12
+
+Direction = Literal["slower", "faster", "same"]
+
+
+@dataclass(frozen=True)
+class PairEstimate:
+    """One process pair: Hodges-Lehmann estimate of the log ratio and its interval."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    @property
+    def se(self) -> float:
+        """Standard error implied by the interval (its half-width over the normal quantile)."""
+        return max((self.high - self.low) / 2 / _z(self.confidence), MIN_SE)
+
+
+@dataclass(frozen=True)
+class PooledLogRatio:
+    """The log ratio over all process pairs, with its interval and how it was obtained."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    tau2: float  # between-pair variance of the log ratio
+    groups: int
+    pairs: int
+    method: str
+
+    @property
+    def ratio(self) -> float:
+        return math.exp(self.estimate)
+
+    @property
+    def ratio_low(self) -> float:
+        return math.exp(self.low)
+
+    @property
+    def ratio_high(self) -> float:
+        return math.exp(self.high)
+
+
+def _z(confidence: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+@cache
+def _signed_rank_cdf(n: int) -> tuple[float, ...]:
+    """P(T <= t) for t = 0 .. n(n+1)/2, T the signed-rank statistic of n pairs under H0."""
+    top = n * (n + 1) // 2
+    dist = np.zeros(top + 1)
+    dist[0] = 1.0
+    for rank in range(1, n + 1):
+        shifted = np.zeros_like(dist)
+        shifted[rank:] = dist[:-rank]
+        dist = (dist + shifted) / 2  # each rank is in the positive set or not, p = 1/2
+    return tuple(float(x) for x in np.cumsum(dist))
+
+
+def signed_rank_depth(n: int, confidence: float) -> int | None:
+    """How many Walsh averages to cut from each end: the interval is [W(c), W(M-1-c)].
+
+    ``c`` is the largest count with ``P(T <= c - 1) <= alpha / 2`` (0-based sorted Walsh
+    averages, ``M = n(n+1)/2``). None when ``n`` is too small for the confidence (n < 6 at
+    95%): no distribution-free interval exists then.
+    """
+    if n < 1:
+        return None
+    alpha = 1 - confidence
+    if n <= EXACT_MAX:
+        cdf = _signed_rank_cdf(n)
+        c = 0
+        while c < len(cdf) and cdf[c] <= alpha / 2:
+            c += 1
+        return c if c > 0 else None
+    m = n * (n + 1) / 2
+    sd = math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+    c = int(math.floor(m / 2 - _z(confidence) * sd + 0.5))
+    return c if c > 0 else None
+
+
+def hodges_lehmann(values: Sequence[float], confidence: float = 0.95) -> PairEstimate:
+    """Hodges-Lehmann estimate of the centre of ``values`` with its signed-rank interval.
+
+    The interval is ``(-inf, inf)`` when there are too few values for the confidence.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n = int(x.size)
+    if n == 0:
+        raise ValueError("hodges_lehmann needs at least one value")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("hodges_lehmann: values must be finite")
+    i, j = np.triu_indices(n)
+    walsh = np.sort((x[i] + x[j]) / 2)
+    centre = float(np.median(walsh))
+    depth = signed_rank_depth(n, confidence)
+    if depth is None:
+        return PairEstimate(centre, -math.inf, math.inf, n, confidence)
+    low, high = float(walsh[depth - 1]), float(walsh[walsh.size - depth])
+    return PairEstimate(centre, low, high, n, confidence)
+
+
+def pool(groups: Sequence[Sequence[float]], confidence: float = 0.95) -> PooledLogRatio:
+    """Combine the per-pair log ratios of several process pairs (random effect).
+
+    ``groups[j]`` holds process pair ``j``'s log ratios. With one group the answer is that
+    group's own Hodges-Lehmann interval. Groups too small for an interval are left out of the
+    weights; if none is left, the interval is unbounded.
+    """
+    if not groups or not any(len(g) for g in groups):
+        raise ValueError("pool needs at least one group with values")
+    per = [hodges_lehmann(g, confidence) for g in groups if len(g)]
+    pairs = sum(p.n for p in per)
+    if len(per) == 1:
+        p = per[0]
+        return PooledLogRatio(
+            p.estimate,
+            p.low,
+            p.high,
+            confidence,
+            0.0,
+            1,
+            pairs,
+            "Hodges-Lehmann of per-pair log ratios, Wilcoxon interval, 1 process pair",
+        )
+    bounded = [p for p in per if math.isfinite(p.low) and math.isfinite(p.high)]
+    k = len(bounded)
+    if k < 2:
+        centre = float(np.median([p.estimate for p in per]))
+        return PooledLogRatio(
+            centre, -math.inf, math.inf, confidence, math.nan, len(per), pairs, _method(len(per))
+        )
+    theta = np.array([p.estimate for p in bounded])
+    n = np.array([p.n for p in bounded], dtype=np.float64)
+    # Within-pair variance from the Wilcoxon intervals, pooled across process pairs and
+    # scaled by each pair's count: a range-based variance from a handful of pairs is too
+    # noisy to weight by on its own (it made the interval anti-conservative at n = 6).
+    unit_var = float(np.mean(np.array([p.se for p in bounded]) ** 2 * n))
+    within = unit_var / n
+    w = 1 / within
+    fixed = float(np.sum(w * theta) / np.sum(w))
+    q = float(np.sum(w * (theta - fixed) ** 2))
+    c = float(np.sum(w) - np.sum(w**2) / np.sum(w))
+    tau2 = max(0.0, (q - (k - 1)) / c) if c > 0 else 0.0
+    w_star = 1 / (within + tau2)
+    centre = float(np.sum(w_star * theta) / np.sum(w_star))
+    var_re = 1 / float(np.sum(w_star))
+    # Hartung-Knapp: scale the variance by how much the process pairs really scatter around
+    # the pooled value, with t on k - 1 df, so disagreement between them widens the claim.
+    hk = float(np.sum(w_star * (theta - centre) ** 2)) / (k - 1)
+    var = var_re * hk
+    half = _t(confidence, k - 1) * math.sqrt(var)
+    return PooledLogRatio(
+        centre, centre - half, centre + half, confidence, tau2, len(per), pairs, _method(k)
+    )
+
+
+def _method(k: int) -> str:
+    return (
+        f"Hodges-Lehmann of per-pair log ratios with Wilcoxon intervals, random effect over "
+        f"{k} process pairs (DerSimonian-Laird, Hartung-Knapp t with {k - 1} df)"
+    )
+
+
+def _t(confidence: float, df: int) -> float:
+    from scipy import stats  # type: ignore[import-untyped, unused-ignore]
+
+    return float(stats.t.ppf(0.5 + confidence / 2, df))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where the ratio interval sits against the minimum-effect band ``[1/(1+m), 1+m]``."""
+
+    significant: bool  # the interval clears the band
+    equivalent: bool  # the interval sits inside the band
+    direction: Direction
+
+
+def decide(low: float, high: float, min_effect: float) -> Decision:
+    """Judge a ratio interval ``[low, high]`` (candidate / baseline) against the band."""
+    upper, lower = 1 + min_effect, 1 / (1 + min_effect)
+    if low > upper:
+        return Decision(True, False, "slower")
+    if high < lower:
+        return Decision(True, False, "faster")
+    return Decision(False, lower <= low and high <= upper, "same")

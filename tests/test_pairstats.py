@@ -1,0 +1,236 @@
+"""The paired statistic on synthetic data: exact small cases, A/A calibration, power, widening."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from pytest_perfreplay.replay.paired import (
+    MIN_BLOCKS,
+    STOP_EQUIVALENT,
+    STOP_SIGNIFICANT,
+    STOP_TIME,
+    PairedPolicy,
+    PairedVerdict,
+    looks_at,
+    run_pairs,
+    verdict_of,
+)
+from pytest_perfreplay.replay.pairstats import decide, hodges_lehmann, pool, signed_rank_depth
+
+
+def test_signed_rank_depth_matches_the_wilcoxon_table() -> None:
+    # Two-sided 5% critical values of the signed-rank statistic (T <= c rejects):
+    # n=6: 0, n=8: 3, n=10: 8, n=20: 52. The interval cuts c + 1 Walsh averages per end.
+    assert signed_rank_depth(5, 0.95) is None  # 2 / 32 > 0.025: no 95% interval exists
+    assert signed_rank_depth(6, 0.95) == 1
+    assert signed_rank_depth(8, 0.95) == 4
+    assert signed_rank_depth(10, 0.95) == 9
+    assert signed_rank_depth(20, 0.95) == 53
+
+
+def test_hodges_lehmann_small_exact_case() -> None:
+    # Walsh averages of 1, 2, 3, 4, 5, 6 are 21 numbers with median 3.5; depth 1 at 95%.
+    est = hodges_lehmann([1, 2, 3, 4, 5, 6], 0.95)
+    assert est.estimate == 3.5
+    assert (est.low, est.high) == (1.0, 6.0)
+    walsh = sorted((a + b) / 2 for i, a in enumerate(range(1, 11)) for b in range(a, 11))
+    est10 = hodges_lehmann([float(x) for x in range(1, 11)], 0.95)
+    assert (est10.low, est10.high) == (walsh[8], walsh[-9])
+
+
+def test_too_few_pairs_give_an_unbounded_interval() -> None:
+    est = hodges_lehmann([0.01, 0.02, 0.0], 0.95)
+    assert math.isinf(est.low) and math.isinf(est.high)
+    pooled = pool([[0.01, 0.02], [0.0, 0.01]], 0.95)
+    assert math.isinf(pooled.low) and math.isinf(pooled.high)
+
+
+def _groups(
+    rng: np.random.Generator, k: int, n: int, shift: float, sd: float, between: float
+) -> list[list[float]]:
+    return [list(shift + rng.normal(0, between) + rng.standard_t(5, n) * sd) for _ in range(k)]
+
+
+def test_aa_false_calls_near_alpha() -> None:
+    """A/A with process-level offsets: about 5% of intervals exclude 0 at 95%."""
+    rng = np.random.default_rng(20261125)
+    trials = 600
+    false = 0
+    for _ in range(trials):
+        pooled = pool(_groups(rng, 4, 16, 0.0, 0.02, 0.005), 0.95)
+        false += not (pooled.low <= 0 <= pooled.high)
+    rate = false / trials
+    assert 0.01 <= rate <= 0.08, rate
+
+
+def test_aa_with_the_band_calls_nothing() -> None:
+    rng = np.random.default_rng(7)
+    calls = 0
+    for _ in range(300):
+        pooled = pool(_groups(rng, 4, 16, 0.0, 0.01, 0.002), 0.95)
+        calls += decide(pooled.ratio_low, pooled.ratio_high, 0.01).significant
+    assert calls <= 15  # <= 5%
+
+
+def test_known_shift_is_found_in_the_right_direction() -> None:
+    rng = np.random.default_rng(3)
+    found = 0
+    for _ in range(200):
+        pooled = pool(_groups(rng, 4, 16, math.log(1.05), 0.02, 0.003), 0.95)
+        d = decide(pooled.ratio_low, pooled.ratio_high, 0.01)
+        assert d.direction != "faster"
+        found += d.significant and d.direction == "slower"
+        assert pooled.ratio_low < 1.06 and pooled.ratio_high > 1.04 or not d.significant
+    assert found >= 190
+
+
+def test_interval_widens_when_process_pairs_disagree() -> None:
+    rng = np.random.default_rng(11)
+    base = [list(rng.normal(0, 0.01, 16)) for _ in range(4)]
+    agree = pool(base, 0.95)
+    offsets = [-0.03, 0.03, -0.02, 0.02]
+    disagree = pool([[x + o for x in g] for g, o in zip(base, offsets, strict=True)], 0.95)
+    assert disagree.tau2 > 0
+    assert disagree.high - disagree.low > 2 * (agree.high - agree.low)
+
+
+def test_decide_band_edges() -> None:
+    assert decide(1.02, 1.05, 0.01).direction == "slower"
+    assert decide(0.90, 0.95, 0.01).direction == "faster"
+    same = decide(0.995, 1.005, 0.01)
+    assert same.equivalent and not same.significant and same.direction == "same"
+    undecided = decide(0.99, 1.03, 0.01)
+    assert not undecided.equivalent and not undecided.significant
+
+
+def test_looks_are_spaced() -> None:
+    assert [b for b in range(1, 40) if looks_at(b)] == [3, 4, 6, 9, 13, 19, 28]
+    assert MIN_BLOCKS == 3
+
+
+class FakeSide:
+    """A worker whose calls take ``base * factor`` seconds with multiplicative noise."""
+
+    def __init__(
+        self, clock: list[float], seconds: float, rng: random.Random, noise: float = 0.01
+    ) -> None:
+        self.clock, self.seconds, self.rng, self.noise = clock, seconds, rng, noise
+        self.runs = 0
+
+    def warm(self, max_calls: int, max_seconds: float) -> dict[str, float | bool]:
+        self.clock[0] += 0.1
+        return {"calls": 10, "settled": True, "median": self.seconds, "wall": self.seconds}
+
+    def run(self, calls: int) -> float:
+        self.runs += 1
+        self.clock[0] += calls * self.seconds
+        return self.seconds * math.exp(self.rng.gauss(0, self.noise))
+
+
+def _fake_pairs(
+    factor: float, seed: int, noise: float = 0.01
+) -> tuple[list[tuple[FakeSide, FakeSide]], list[float]]:
+    clock = [0.0]
+    rng = random.Random(seed)
+    pairs = [
+        (FakeSide(clock, 0.01, rng, noise), FakeSide(clock, 0.01 * factor, rng, noise))
+        for _ in range(4)
+    ]
+    return pairs, clock
+
+
+def test_stopping_rule_stops_on_a_clear_slowdown() -> None:
+    pairs, clock = _fake_pairs(1.5, 1)
+    policy = PairedPolicy(process_pairs=4, max_time=100.0, min_effect=1.0)
+    run = run_pairs(pairs, policy, rng=random.Random(1), clock=lambda: clock[0])
+    assert run.stop_reason == STOP_SIGNIFICANT
+    assert run.looks == 1  # decided at the first look
+    v = verdict_of(run, policy, rev="HEAD", sha="0" * 40)
+    assert v.significant and v.direction == "slower" and 1.45 < v.ratio < 1.55
+    assert v.line().startswith("change: 1.5")
+    assert " slower [" in v.line() and "vs HEAD (paired, same session, 4 process pairs" in v.line()
+    # Both sides of a pair ran equally often, in blocks of four letters.
+    assert all(b.runs == c.runs for b, c in pairs)
+
+
+def test_stopping_rule_stops_on_equivalence_or_budget() -> None:
+    pairs, clock = _fake_pairs(1.0, 2)
+    policy = PairedPolicy(process_pairs=4, max_time=1000.0, min_effect=1.0)
+    run = run_pairs(pairs, policy, rng=random.Random(2), clock=lambda: clock[0])
+    assert run.stop_reason == STOP_EQUIVALENT
+    v = verdict_of(run, policy, rev="main", sha="1" * 40)
+    assert not v.significant and v.equivalent and v.direction == "same"
+    assert v.line().startswith("no significant change vs main (paired, same session")
+
+    # Noise far wider than the band: no decision in so few rounds; the budget ends it (a
+    # chance call at one of the few looks stays rare).
+    tight = PairedPolicy(process_pairs=4, max_time=0.5, min_effect=1.0)
+    reasons = []
+    for seed in range(40):
+        pairs, clock = _fake_pairs(1.0, seed, noise=0.2)
+        run = run_pairs(pairs, tight, rng=random.Random(seed), clock=lambda c=clock: c[0])
+        reasons.append(run.stop_reason)
+        if run.stop_reason == STOP_TIME:
+            assert all(len(g) == 2 * MIN_BLOCKS for g in run.log_ratios)  # the minimum
+    assert reasons.count(STOP_TIME) >= 34
+
+
+@pytest.mark.parametrize(
+    ("ratio", "significant", "direction", "pct", "fails"),
+    [
+        (1.10, True, "slower", 5.0, True),
+        (1.03, True, "slower", 5.0, False),
+        (1.10, False, "same", 5.0, False),
+        (0.80, True, "faster", 5.0, False),
+        (1.10, True, "slower", None, False),
+    ],
+)
+def test_gate_rule(
+    ratio: float, significant: bool, direction: str, pct: float | None, fails: bool
+) -> None:
+    v = PairedVerdict(
+        ratio=ratio,
+        low=ratio - 0.01,
+        high=ratio + 0.01,
+        confidence=0.95,
+        significant=significant,
+        equivalent=False,
+        direction=direction,  # type: ignore[arg-type]
+        unit="seconds",
+        deterministic=False,
+        method="synthetic",
+        rev="HEAD",
+        sha="0" * 40,
+        process_pairs=4,
+        pairs=48,
+        min_effect=1.0,
+    )
+    assert v.gate(pct) is fails
+
+
+def test_faster_line_reads_as_a_speedup() -> None:
+    v = PairedVerdict(
+        0.5,
+        0.48,
+        0.52,
+        0.95,
+        True,
+        False,
+        "faster",
+        "seconds",
+        False,
+        "m",
+        "v1",
+        "a" * 40,
+        3,
+        36,
+        1.0,
+    )
+    assert v.line() == (
+        "change: 2.000x faster [1.923-2.083] vs v1 "
+        "(paired, same session, 3 process pairs, 36 pairs), significant"
+    )
