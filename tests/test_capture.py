@@ -388,10 +388,21 @@ def test_clean_arguments_are_not_copied(cap: Cap) -> None:
     assert args[0] is records and found == []
 
 
-def test_secret_in_a_cycle_is_a_recorded_skip(cap: Cap) -> None:
+def test_secret_in_a_cycle_is_scrubbed_in_a_copy_of_the_cycle(cap: Cap) -> None:
     node: dict[str, Any] = {"password": "pw-CYCLE-0000"}
     node["self"] = node
     f = capture(targets.echo)
+    assert f(node) == ((node,), {})
+    assert node["password"] == "pw-CYCLE-0000"  # the caller's object is untouched
+    assert b"pw-CYCLE-0000" not in cap.raw_bytes()
+    (kept,), _ = cap.snapshots()[0].load_call()
+    assert kept["self"] is kept and kept["password"] == "<redacted>"
+
+
+def test_secret_in_a_cycle_is_a_recorded_skip_under_strict(cap: Cap) -> None:
+    node: dict[str, Any] = {"password": "pw-CYCLE-0000"}
+    node["self"] = node
+    f = capture(redact="strict")(targets.echo)
     assert f(node) == ((node,), {})
     assert stats()["skipped"] == {"redaction": 1}
     assert b"pw-CYCLE-0000" not in cap.raw_bytes()

@@ -54,6 +54,7 @@ from .redact import (
     parameter_names,
     scrub_call,
     scrub_positions,
+    scrub_result,
 )
 
 log = logging.getLogger("pytest_perfreplay.capture")
@@ -405,7 +406,9 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         redactor = site.redactor
         if redactor is not None and redactor.name_only:
             # Pickle first; walk the graph only if a denylisted name occurs in the bytes.
-            call_args, redactions = scrub_positions(args, site.denied, site.param_names)
+            call_args, redactions = scrub_positions(
+                redactor, args, site.denied, site.param_names
+            )
             pickled = dumps((call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources)
             if redactor.may_match(pickled.data) or redactor.named_tuple_denied(
                 pickled.named_tuples
@@ -555,11 +558,17 @@ def _keep_result(
     site: _Site, outcome: tuple[bool, Any], redactions: list[dict[str, str]]
 ) -> bytes | str:
     ok, value = outcome
-    kept: Any = ("return", value) if ok else ("raise", _describe_exception(value))
+    if not ok:
+        value = _describe_exception(value)
     try:
-        if site.redactor is not None and site.redactor.needs_walk(kept):
-            kept, more = site.redactor.scrub(kept, "result")
-            redactions.extend(more)
+        redactor = site.redactor
+        if redactor is not None:
+            # Pickle first; walk only when a term or a secret shape occurs in the bytes.
+            probe = dumps(value, max_bytes=site.max_bytes).data
+            if redactor.may_match(probe) or redactor.key_denied(site.func.__name__):
+                value, more = scrub_result(redactor, site.func.__name__, value, raised=not ok)
+                redactions.extend(more)
+        kept: Any = ("return", value) if ok else ("raise", value)
         return dumps(kept, max_bytes=site.max_bytes).data
     except PayloadTooLarge:
         return "too large"
@@ -734,6 +743,7 @@ def capture(
     if isinstance(tags, str):
         tags = (tags,)
     redactor_spec = redact
+    Redactor.from_spec(redact)  # a bad spec fails at decoration, even while capture is off
     resource_names = frozenset(resources)
     tag_tuple = tuple(tags)
 

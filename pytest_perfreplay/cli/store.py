@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import PerfReplayError, SnapshotError, StoreError
 from ..snapshot.format import Header, Keyring, read_header_file, verify
+from ..snapshot.keys import legacy_key_hint
 from ..snapshot.store import Store
 
 
@@ -312,7 +313,12 @@ def run_verify(args: argparse.Namespace) -> int:
             failed += 1
             print(f"FAIL {exc}")
             continue
-        note = "" if snapshot.signed else " (unsigned)"
+        sig = snapshot.header.get("sig")
+        if snapshot.signed and isinstance(sig, dict) and keyring is not None:
+            key_id = str(sig.get("key_id"))
+            note = f" key {key_id} ({keyring.origin(key_id)})"
+        else:
+            note = " UNSIGNED (accepted by --allow-unsigned)"
         print(f"ok   {files.display(path)} {snapshot.header.target}{note}")
     swept = files.sweep_tmp()
     print(
@@ -321,6 +327,10 @@ def run_verify(args: argparse.Namespace) -> int:
     )
     if not paths:
         print(f"no snapshots in {files.label}")
+    if failed and not files.remote:
+        hint = legacy_key_hint(files.store.root)
+        if hint:
+            print(hint)
     return 1 if failed else 0
 
 

@@ -44,6 +44,7 @@ SUFFIX = ".prsnap"
 
 KEY_ENV = "PERFREPLAY_KEY"
 VERIFY_KEYS_ENV = "PERFREPLAY_VERIFY_KEYS"
+MIN_KEY_BYTES = 16
 
 
 # ---------------------------------------------------------------------------
@@ -56,6 +57,7 @@ class Keyring:
 
     signing: tuple[str, bytes] | None
     verifying: Mapping[str, bytes] = field(default_factory=dict)
+    origins: Mapping[str, str] = field(default_factory=dict)  # key id -> where it lives
 
     @staticmethod
     def key_id(secret: bytes) -> str:
@@ -78,7 +80,23 @@ class Keyring:
         extra = [k.strip() for k in env.get(VERIFY_KEYS_ENV, "").split(",") if k.strip()]
         if not signing and not extra:
             return None
-        return cls.from_secrets(signing.encode() if signing else None, [k.encode() for k in extra])
+        for name, value in [(KEY_ENV, signing)] * bool(signing) + [(VERIFY_KEYS_ENV, k) for k in extra]:
+            if len(value.encode()) < MIN_KEY_BYTES:
+                # A short key is recovered offline from the key id in any header.
+                raise SignatureError(
+                    f"{name}: a key must be at least {MIN_KEY_BYTES} bytes (got "
+                    f"{len(value.encode())}); generate one with: python -c "
+                    "'import secrets; print(secrets.token_hex(32))'"
+                )
+        ring = cls.from_secrets(signing.encode() if signing else None, [k.encode() for k in extra])
+        origins = {cls.key_id(k.encode()): VERIFY_KEYS_ENV for k in extra}
+        if signing:
+            origins[cls.key_id(signing.encode())] = KEY_ENV
+        return cls(signing=ring.signing, verifying=ring.verifying, origins=origins)
+
+    def origin(self, key_id: str) -> str:
+        """Where a key lives, for messages (``PERFREPLAY_KEY``, a user key file...)."""
+        return self.origins.get(key_id, "configured key")
 
     def sign(self, message_parts: Sequence[bytes]) -> dict[str, str]:
         if self.signing is None:

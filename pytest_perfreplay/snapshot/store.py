@@ -41,6 +41,7 @@ from pathlib import Path
 
 from ..errors import SnapshotError, StoreError
 from .format import SUFFIX, Header, Keyring, read_header_file
+from .keys import local_keyring
 
 DEFAULT_ROOT = ".perfreplay"
 STORE_ENV = "PERFREPLAY_STORE"
@@ -160,57 +161,16 @@ class Store:
 
     @property
     def key_path(self) -> Path:
+        """Where older versions kept the store's own key (now never trusted by itself)."""
         return self.root / "key"
 
     def keyring(self, *, create: bool = False) -> Keyring | None:
-        """The configured keyring, else this store's own key (created 0600 on first capture).
+        """The keys this store signs and verifies with (see ``snapshot.keys``).
 
-        With no key configured, the store signs with its own random key, so files that a
-        process unable to read that key wrote (or changed) are refused. The key is only
-        trusted if it is a regular file owned by this user and readable by nobody else.
-        It never leaves the machine: ``pull`` and remote stores carry snapshots, not keys,
-        so snapshots from elsewhere need ``PERFREPLAY_KEY``/``PERFREPLAY_VERIFY_KEYS``.
+        The default key lives with the user (``$XDG_STATE_HOME/perfreplay/keys``), never
+        in the store, so a folder brought from elsewhere cannot bring its own trust.
         """
-        configured = Keyring.from_env()
-        if configured is not None:
-            return configured
-        try:
-            secret = self._read_key()
-        except FileNotFoundError:
-            if not create:
-                return None
-            self.ensure()
-            with contextlib.suppress(FileExistsError):  # another process won: use its key
-                write_atomic(self.key_path, secrets.token_hex(32).encode(), exclusive=True)
-            secret = self._read_key()
-        return Keyring.from_secrets(secret)
-
-    def _read_key(self) -> bytes:
-        try:
-            fd = os.open(self.key_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StoreError(f"cannot read the store key {self.key_path}: {exc}") from exc
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise StoreError(f"the store key {self.key_path} is not a regular file")
-            if hasattr(os, "getuid") and (
-                st.st_uid != os.getuid() or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
-            ):
-                raise StoreError(
-                    f"refusing the store key {self.key_path}: it must be owned by this user "
-                    f"and mode 0600 (it is {stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid}). "
-                    "A key others can read or write cannot vouch for anything; delete it, "
-                    "or set PERFREPLAY_KEY"
-                )
-            secret = os.read(fd, 4096).strip()
-        finally:
-            os.close(fd)
-        if len(secret) < 16:
-            raise StoreError(f"the store key {self.key_path} is too short; delete it")
-        return secret
+        return local_keyring(create=create)
 
     # -- snapshots ----------------------------------------------------------
 
