@@ -129,11 +129,11 @@ def test_partial_keywords_dict_subclass_attributes_and_bytes_keys(cap: Cap) -> N
 
 
 def test_defaults_of_functions_pickled_by_value(cap: Cap) -> None:
-    def connect(host: str, password: str = "pw-DEFAULT-1a2b", *, token: str = "tk-KWDEF-3c4d") -> str:
+    def connect(host: str, password: str = "pw-DEFAULT-1a2b", *, token: str = "tk-KW-3c4d") -> str:
         return host + password + token
 
     capture(targets.echo)(connect)
-    assert_not_on_disk(cap, "pw-DEFAULT-1a2b", "tk-KWDEF-3c4d")
+    assert_not_on_disk(cap, "pw-DEFAULT-1a2b", "tk-KW-3c4d")
     (fn,), _ = load_one(cap)
     assert fn("h") == "h<redacted><redacted>"
 

@@ -60,7 +60,8 @@ def trees(draw: st.DrawFn, depth: int = 0) -> Any:
         return secret_models.Envelope(payload=kids, password=secret())
     if shape == "attrs":
         return secret_models.Box(kids, token=secret())
-    return secret_models.Node(kids, **{draw(st.sampled_from(SECRET_KEYS)).replace("-", "_"): secret()})
+    attribute = draw(st.sampled_from(SECRET_KEYS)).replace("-", "_")
+    return secret_models.Node(kids, **{attribute: secret()})
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

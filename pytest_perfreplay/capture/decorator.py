@@ -406,9 +406,7 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         redactor = site.redactor
         if redactor is not None and redactor.name_only:
             # Pickle first; walk the graph only if a denylisted name occurs in the bytes.
-            call_args, redactions = scrub_positions(
-                redactor, args, site.denied, site.param_names
-            )
+            call_args, redactions = scrub_positions(redactor, args, site.denied, site.param_names)
             pickled = dumps((call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources)
             if redactor.may_match(pickled.data) or redactor.named_tuple_denied(
                 pickled.named_tuples

@@ -76,8 +76,32 @@ DEFAULT_KEYS: tuple[str, ...] = (
 
 #: Words that may follow a term and still name the secret itself.
 _SAME_SECRET = frozenset(
-    "value str string raw b base hex bytes text plain plaintext clear cleartext data "
-    "enc encoded confirm confirmation again repeat new old current input".split()
+    [
+        "value",
+        "str",
+        "string",
+        "raw",
+        "b",
+        "base",
+        "hex",
+        "bytes",
+        "text",
+        "plain",
+        "plaintext",
+        "clear",
+        "cleartext",
+        "data",
+        "enc",
+        "encoded",
+        "confirm",
+        "confirmation",
+        "again",
+        "repeat",
+        "new",
+        "old",
+        "current",
+        "input",
+    ]
 )
 #: Words that make a container "header-like": its strings are scanned by shape.
 _HEADER_WORDS = frozenset({"headers", "header", "environ", "scope"})
@@ -91,9 +115,7 @@ VALUE_PATTERNS: dict[str, bytes] = {
 }
 _VALUE_RES = {name: re.compile(p) for name, p in VALUE_PATTERNS.items()}
 # The same shapes, loosened to run over lower-cased bytes (a superset of the above).
-_VALUE_PREFILTER = re.compile(
-    rb"bearer\s|\.eyj[a-z0-9_-]{8,}\.|akia[a-z0-9]{16}|asia[a-z0-9]{16}"
-)
+_VALUE_PREFILTER = re.compile(rb"bearer\s|\.eyj[a-z0-9_-]{8,}\.|akia[a-z0-9]{16}|asia[a-z0-9]{16}")
 # Anchors of the shapes. A JWT is found by its ``.eyJ`` payload and a PEM private key by
 # the term ``private key`` itself: rarer first bytes keep the one regex pass fast.
 _VALUE_STARTS = (b"bearer", b".eyj", b"akia", b"asia")
@@ -250,7 +272,9 @@ class Redactor:
     def named_tuple_denied(self, kinds: Iterable[type]) -> bool:
         return any(any(map(self.key_denied, getattr(t, "_fields", ()))) for t in kinds)
 
-    def _finders(self) -> tuple[re.Pattern[bytes], dict[bytes, list[tuple[re.Pattern[bytes], bool]]]]:
+    def _finders(
+        self,
+    ) -> tuple[re.Pattern[bytes], dict[bytes, list[tuple[re.Pattern[bytes], bool]]]]:
         """One regex of short literal anchors (first words merged by a common 4-letter
         prefix: ``pass`` for password/passwd/passphrase), as fast as the old substring
         scan; then, per anchor hit, the exact term patterns to try there."""
@@ -516,7 +540,7 @@ class _Walk:
         self.by = by  # what a name-based redaction is recorded as ("key", "parameter")
         self.records: list[dict[str, str]] = []
         self.count = 0
-        self.active: set[int] = set()
+        self.active: set[tuple[int, int]] = set()
         self.done: dict[tuple[int, int], Any] = {}
         self.cycle_hit = False
         self.copy_all = False
@@ -653,7 +677,9 @@ class _Walk:
                 attrs = self._changed(obj.__dict__, lambda k: f"{path}.{k}", depth, ctx)
             if not changed and not attrs and shell is None:
                 return obj
-            new = shell if shell is not None else (dict(obj) if type(obj) is dict else copy.copy(obj))
+            new = (
+                shell if shell is not None else (dict(obj) if type(obj) is dict else copy.copy(obj))
+            )
             dict.update(new, changed)
             if attrs:
                 new.__dict__.update(attrs)
@@ -665,9 +691,7 @@ class _Walk:
             kind = ("slots+dict" if has_dict else "slots") if slots else "obj"
         if kind == "seq" and isinstance(obj, list) and self.copy_all:
             new_list = self._shell(obj, memo)
-            new_list[:] = [
-                self.visit(v, f"{path}[{i}]", depth + 1, ctx) for i, v in enumerate(obj)
-            ]
+            new_list[:] = [self.visit(v, f"{path}[{i}]", depth + 1, ctx) for i, v in enumerate(obj)]
             return new_list
         if kind in ("seq", "set"):
             items = list(obj)
@@ -886,7 +910,9 @@ def scrub_positions(
     if not positions:
         return args, []
     walk = _Walk(redactor, by="parameter")
-    roots = [(args[i], f"args[{i}] ({names[i]})", names[i]) for i in positions if i < len(args)]
+    roots: list[tuple[Any, str, str | None]] = [
+        (args[i], f"args[{i}] ({names[i]})", names[i]) for i in positions if i < len(args)
+    ]
     if not roots:
         return args, []
     out = walk.run(roots)

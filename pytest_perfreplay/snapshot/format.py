@@ -80,7 +80,10 @@ class Keyring:
         extra = [k.strip() for k in env.get(VERIFY_KEYS_ENV, "").split(",") if k.strip()]
         if not signing and not extra:
             return None
-        for name, value in [(KEY_ENV, signing)] * bool(signing) + [(VERIFY_KEYS_ENV, k) for k in extra]:
+        named = [(VERIFY_KEYS_ENV, k) for k in extra]
+        if signing:
+            named.append((KEY_ENV, signing))
+        for name, value in named:
             if len(value.encode()) < MIN_KEY_BYTES:
                 # A short key is recovered offline from the key id in any header.
                 raise SignatureError(

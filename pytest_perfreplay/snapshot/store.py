@@ -32,7 +32,6 @@ import itertools
 import os
 import re
 import secrets
-import stat
 import threading
 import time
 from collections.abc import Iterator
