@@ -108,6 +108,8 @@ class _State:
                     "no signing key: set PERFREPLAY_KEY (PERFREPLAY_VERIFY_KEYS only verifies)"
                 )
             self.keyring = keyring
+        # Slot replacement trusts the durations of files signed with these keys only.
+        self.get_store().trust_durations_from(self.keyring)
         return self.keyring
 
     def skip(self, reason: str) -> None:

@@ -20,9 +20,11 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import pickle
 import platform
+import re
 import secrets
 import socket
 import sqlite3
@@ -433,7 +435,17 @@ class Header:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# module:qualname; qualnames may hold ``<locals>`` and ``<lambda>`` parts.
+TARGET_PATTERN = re.compile(
+    rf"{_NAME}(?:\.{_NAME})*:(?:{_NAME}|<[a-z]+>)(?:\.(?:{_NAME}|<[a-z]+>))*"
+)
+_MAX_DURATION = 86_400.0 * 365  # a year: anything longer is junk, not a measurement
+_MAX_TIMESTAMP = 1e11  # about the year 5138; datetime overflows long after
 
 
 def encode(
@@ -592,6 +604,12 @@ def _check_fields(fields: Mapping[str, Any], path: str | None) -> None:
         value = fields.get(key)
         if not isinstance(value, str) or not value or len(value) > 1000:
             raise bad(f"field {key!r} missing or mistyped")
+    # Paths (pull cache, history, profiles, slots) are built from these two: a strict
+    # pattern keeps ``../x``, ``/tmp/x``, NUL and control bytes out of every path.
+    if not ID_PATTERN.fullmatch(fields["id"]):
+        raise bad("field 'id' is not a snapshot id (1-64 of A-Z a-z 0-9 _ -)")
+    if not TARGET_PATTERN.fullmatch(fields["target"]):
+        raise bad("field 'target' is not 'module:qualname'")
     payload = fields.get("payload")
     if not isinstance(payload, dict):
         raise bad("field 'payload' missing or mistyped")
@@ -611,8 +629,8 @@ def _check_fields(fields: Mapping[str, Any], path: str | None) -> None:
     optional: dict[str, Callable[[Any], bool]] = {
         "async": lambda v: isinstance(v, bool),
         "keep_result": lambda v: isinstance(v, bool),
-        "duration": lambda v: v is None or _is_number(v),
-        "captured_at": lambda v: v is None or _is_number(v),
+        "duration": lambda v: v is None or (_is_number(v) and 0 <= v <= _MAX_DURATION),
+        "captured_at": lambda v: v is None or (_is_number(v) and 0 <= v <= _MAX_TIMESTAMP),
         "pid": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
         "versions": lambda v: isinstance(v, dict),
         "placeholders": lambda v: isinstance(v, list) and all(isinstance(p, dict) for p in v),
@@ -686,6 +704,23 @@ class Snapshot:
 
     def args_digest(self) -> str:
         return hashlib.sha256(self.sections["args"]).hexdigest()
+
+
+def header_is_signed_by(header: Header, keyring: Keyring | None) -> bool:
+    """Whether the header carries a valid signature by one of ``keyring``'s keys.
+
+    Checks the header only (no payload): enough to trust its claims (``duration``) when
+    choosing which kept call a slower one replaces.
+    """
+    fields = dict(header.fields)
+    sig = fields.pop("sig", None)
+    if keyring is None or not isinstance(sig, dict):
+        return False
+    try:
+        keyring.verify(sig, (MAGIC, _canonical(fields)))
+    except SignatureError:
+        return False
+    return True
 
 
 def verify(

@@ -52,7 +52,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PerfReplayError, SnapshotError, StoreError
-from .format import MAGIC, SUFFIX, Header, Keyring, read_header, verify
+from .format import (
+    MAGIC,
+    MAX_HEADER_BYTES,
+    SUFFIX,
+    Header,
+    Keyring,
+    header_is_signed_by,
+    parse_header,
+    read_header,
+    verify,
+)
 from .store import (
     DEFAULT_ROOT,
     SLOT_PREFIX,
@@ -443,6 +453,7 @@ class RemoteStore:
         self.options = dict(storage_options(self.url) if options is None else options)
         m = _SCHEME.match(self.url)
         self.protocol = m.group(1).lower() if m else "file"
+        self._slot_keyring: Keyring | None = None  # set by capture: the keys it signs with
         self._init_process_state()
         _INSTANCES.add(self)
 
@@ -655,6 +666,10 @@ class RemoteStore:
             "off": self._off,
         }
 
+    def trust_durations_from(self, keyring: Keyring | None) -> None:
+        """Only objects signed with these keys may claim a ``duration`` when replacing."""
+        self._slot_keyring = keyring
+
     def keyring(self, *, create: bool = False) -> Keyring | None:
         """The configured keyring. A fleet shares one key: there is no store-local key file.
 
@@ -801,7 +816,10 @@ class RemoteStore:
             if etag not in self._durations:
                 try:
                     header = self.read_header(f"{folder[len(self._root) + 1 :]}/{name}")
-                    d = header.duration
+                    # Only a header signed with a fleet key may claim a duration: a planted
+                    # object saying ``duration: 1e308`` would otherwise hold its slot.
+                    keys = self._slot_keyring or self.keyring()
+                    d = header.duration if header_is_signed_by(header, keys) else None
                 except SnapshotError:
                     d = None
                 self._durations[etag] = -1.0 if d is None else d  # unreadable: replace first
@@ -915,13 +933,11 @@ class RemoteStore:
         n = int.from_bytes(head[len(MAGIC) : need], "big")
         if len(head) < need + n:
             head = fs.cat_file(path, start=0, end=need + n)
-        try:
-            fields = json.loads(head[need : need + n].decode("ascii"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise SnapshotError(f"corrupt header: {exc}", path=where) from None
-        if not isinstance(fields, dict):
-            raise SnapshotError("corrupt header: not a JSON object", path=where)
-        return Header(fields)
+        if n > MAX_HEADER_BYTES:
+            return read_header(head, path=where)[0]  # raises the precise SnapshotError
+        # The same checks as a local file (nesting, field types, id and target patterns),
+        # so one junk object cannot crash listing or escape ``prune --invalid``.
+        return parse_header(head[need : need + n], path=where)
 
     def delete(self, key: str) -> None:
         """Delete a snapshot object; a deleted slot is free for the next capture."""

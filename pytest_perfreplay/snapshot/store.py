@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import logging
 import os
 import re
 import secrets
@@ -39,8 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SnapshotError, StoreError
-from .format import SUFFIX, Header, Keyring, read_header_file
+from .format import SUFFIX, Header, Keyring, header_is_signed_by, read_header_file
 from .keys import local_keyring
+
+log = logging.getLogger("pytest_perfreplay.capture")
 
 DEFAULT_ROOT = ".perfreplay"
 STORE_ENV = "PERFREPLAY_STORE"
@@ -122,6 +125,9 @@ class Store:
     _views: dict[str, _View] = field(default_factory=dict, init=False, repr=False, compare=False)
     _usage: list[float] = field(default_factory=list, init=False, repr=False, compare=False)
     _swept: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    _keys: list[Keyring | None] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -163,6 +169,18 @@ class Store:
         """Where older versions kept the store's own key (now never trusted by itself)."""
         return self.root / "key"
 
+    def trust_durations_from(self, keyring: Keyring | None) -> None:
+        """Only files signed with these keys may claim a ``duration`` in slot replacement."""
+        self._keys[:] = [keyring]
+
+    def _slot_keyring(self) -> Keyring | None:
+        if not self._keys:
+            try:
+                self._keys.append(self.keyring())
+            except StoreError:
+                self._keys.append(None)
+        return self._keys[0]
+
     def keyring(self, *, create: bool = False) -> Keyring | None:
         """The keys this store signs and verifies with (see ``snapshot.keys``).
 
@@ -176,6 +194,12 @@ class Store:
     def _target_folder(self, target: str) -> Path:
         folder = self.target_dir(target)
         if not folder.is_dir():
+            if self._views and not self.root.is_dir():
+                # Deleted under a running process. The key lives with the user, so files
+                # written from now on still verify; say so once, and start afresh.
+                log.warning("perfreplay: the store %s was deleted; recreating it", self.root)
+                self._views.clear()
+                self._usage.clear()
             self.ensure()
             make_private_dirs(folder)
         return folder
@@ -330,8 +354,7 @@ class Store:
         view.refreshed = now
         return view
 
-    @staticmethod
-    def _entry(path: Path) -> _Entry | None:
+    def _entry(self, path: Path) -> _Entry | None:
         try:
             st = path.stat()
         except OSError:
@@ -341,6 +364,9 @@ class Store:
             header = read_header_file(path)
         except SnapshotError:
             return _Entry(key, -1.0, None, st.st_size)  # unreadable: replaced first
+        if not header_is_signed_by(header, self._slot_keyring()):
+            # A file nobody here signed cannot claim a long duration to squat a slot.
+            return _Entry(key, -1.0, None, st.st_size)
         duration = header.duration
         return _Entry(key, -1.0 if duration is None else duration, header.args_digest, st.st_size)
 
