@@ -212,17 +212,29 @@ def _reset() -> None:
 # Failure containment
 
 
-def _contain(exc: BaseException, where: str) -> None:
-    """Count a failure inside capture, log it at a bounded rate, and turn off when needed."""
+def _contain(exc: BaseException, where: str, site: _Site | None = None) -> None:
+    """Count a failure inside capture, log it at a bounded rate, and turn off when needed.
+
+    A broken store or disk turns capture off for the process; repeated failures of one
+    target turn off that target only, so one bad argument type cannot silence the rest.
+    """
     state = _STATE
     state.failures += 1
     n = state.failures
     if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS:
         code = errno.errorcode.get(exc.errno or 0, "?")
         _disable(f"{where}: {exc.strerror or exc} ({code})")
+        return
+    if site is not None:
+        site.failures += 1
+        if site.failures >= _MAX_FAILURES and site.off is None:
+            site.off = f"{site.failures} failures, the last in {where}: {exc!r}"
+            log.warning("perfreplay capture turned off for %s: %s", site.target, site.off)
+            return
     elif n >= _MAX_FAILURES:
         _disable(f"{n} failures, the last in {where}: {exc!r}")
-    elif n <= 3 or n % _LOG_EVERY == 0:
+        return
+    if n <= 3 or n % _LOG_EVERY == 0:
         log.warning("perfreplay capture failed in %s (%d so far): %r", where, n, exc)
 
 
@@ -353,6 +365,8 @@ class _Site:
     signature: inspect.Signature | None = None
     static_fields: dict[str, Any] | None = None
     warned_unpicklable: bool = False
+    failures: int = 0
+    off: str | None = None  # why capture stopped for this target alone
 
     def static(self) -> dict[str, Any]:
         if self.static_fields is None:
@@ -397,7 +411,7 @@ class _Pending:
 
 def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pending | None:
     """Serialize the arguments *before* the call, so mutation cannot change what is kept."""
-    if getattr(_local, "busy", False):
+    if getattr(_local, "busy", False) or site.off is not None:
         return None  # pickling ran user code that called a decorated function
     _local.busy = True
     try:
@@ -436,7 +450,9 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         _STATE.skip("redaction")
         _warn_once(site, f"cannot scrub the arguments of {site.target}: {exc}")
         return None
-    except Exception as exc:  # an unpicklable argument must never break the call
+    except BaseException as exc:  # an unpicklable argument must never break the call
+        # BaseException too: a SystemExit or KeyboardInterrupt raised by a __reduce__ is
+        # the capture's failure, not the call's; the body still runs.
         _STATE.skip("unpicklable")
         _warn_once(site, f"cannot pickle the arguments of {site.target}: {exc!r}")
         return None
@@ -548,8 +564,8 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
             state.replaced += 1
         else:
             state.skip(result.outcome)
-    except Exception as exc:
-        _contain(exc, f"writing a snapshot of {site.target}")
+    except BaseException as exc:  # the call already returned: nothing may replace that
+        _contain(exc, f"writing a snapshot of {site.target}", site)
     finally:
         _local.busy = False
 
@@ -572,7 +588,7 @@ def _keep_result(
         return dumps(kept, max_bytes=site.max_bytes).data
     except PayloadTooLarge:
         return "too large"
-    except Exception as exc:
+    except BaseException as exc:
         return f"unpicklable: {type(exc).__name__}"
 
 

@@ -200,6 +200,7 @@ def _default_resource_types() -> tuple[type, ...]:
 
 RESOURCE_TYPES: tuple[type, ...] = _default_resource_types()
 _RESOURCE_VERDICTS: dict[type, int] = {}  # type -> _PLAIN, _RESOURCE or _CLOUDPICKLE
+_MAX_VERDICTS = 4096  # bounded: the keys keep their types alive
 
 
 def resource_fixture_name(obj: object) -> str:
@@ -269,6 +270,8 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
         t = type(obj)
         verdict = self._verdicts.get(t)
         if verdict is None:
+            if len(self._verdicts) >= _MAX_VERDICTS:
+                self._verdicts.clear()  # per-call classes must not stay alive for ever
             verdict = self._verdicts[t] = _verdict(t, self._resource_types)
         if verdict == _PLAIN and not self._resources:
             return NotImplemented

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import itertools
 import logging
 import os
@@ -57,8 +58,18 @@ _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def target_slug(target: str) -> str:
-    """``pkg.mod:Class.meth`` -> ``pkg.mod-Class.meth``: stable, filesystem-safe."""
-    return _SLUG.sub("_", target.replace(":", "-")).strip("._") or "target"
+    """``pkg.mod:Class.meth`` -> ``pkg.mod-Class.meth``: stable, filesystem-safe.
+
+    Names longer than a file name may be (255 bytes) keep a prefix and a hash of the whole.
+    """
+    slug = _SLUG.sub("_", target.replace(":", "-")).strip("._") or "target"
+    if len(slug) > _MAX_SLUG:
+        digest = hashlib.sha256(target.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        slug = f"{slug[: _MAX_SLUG - 17]}-{digest}"
+    return slug
+
+
+_MAX_SLUG = 200
 
 
 def slot_name(k: int) -> str:
@@ -125,9 +136,7 @@ class Store:
     _views: dict[str, _View] = field(default_factory=dict, init=False, repr=False, compare=False)
     _usage: list[float] = field(default_factory=list, init=False, repr=False, compare=False)
     _swept: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
-    _keys: list[Keyring | None] = field(
-        default_factory=list, init=False, repr=False, compare=False
-    )
+    _keys: list[Keyring | None] = field(default_factory=list, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
