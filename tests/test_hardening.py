@@ -8,6 +8,7 @@ import importlib
 import io
 import os
 import stat
+import subprocess
 import sys
 import weakref
 from pathlib import Path
@@ -238,3 +239,43 @@ def test_history_folders_are_private(pytester: pytest.Pytester) -> None:
 
 if sys.platform == "win32":  # pragma: no cover
     pytestmark = pytest.mark.skip("POSIX permissions and FIFOs")
+
+
+# -- capture never hangs or stalls the call -----------------------------------------------
+
+
+def test_a_getstate_that_takes_a_lock_the_caller_holds_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    # In a subprocess with a timeout: before the fix this call never returned.
+    code = f"""
+import importlib
+from pytest_perfreplay.capture.decorator import capture, configure, stats
+from tests.capture_helpers import hostile
+configure(enabled=True, store={str(tmp_path / "store")!r}, key=b"deadlock-test-key-0123456789")
+f = capture(hostile.returns)
+state = hostile.LockedState()
+assert hostile.with_lock_held(state, f) is state
+assert f(state) is state  # not held: captured
+print(stats()["skipped"], stats()["captured"])
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{'blocked': 1} 1"
+
+
+def test_slow_reducers_are_cut_off_by_the_time_cap(
+    cap: Cap, monkeypatch: pytest.MonkeyPatch, capture_log: Any
+) -> None:
+    monkeypatch.setattr(capmod, "MAX_PICKLE_SECONDS", 0.2)
+    f = capture(hostile.body)
+    slow = [hostile.SlowReduce(0.05) for _ in range(100)]  # 5 s of reducers in all
+    hostile.SlowReduce.calls = 0
+    assert f(slow) == "body ran"
+    assert stats()["skipped"] == {"blocked": 1}
+    # Stopped at the cap: a 0.2 s cap lets a handful of 50 ms reducers run, not 100.
+    assert hostile.SlowReduce.calls < 100
+    assert any("in time" in r.getMessage() for r in capture_log.records)

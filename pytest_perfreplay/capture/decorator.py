@@ -36,6 +36,7 @@ from typing import Any, TypeVar, overload
 from ..snapshot.format import (
     Keyring,
     PayloadTooLarge,
+    PickleBlocked,
     code_hash,
     dumps,
     encode_parts,
@@ -72,6 +73,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
 _MAX_FAILURES = 20
+
+
+def _pickle_seconds() -> float:
+    raw = os.environ.get("PERFREPLAY_MAX_PICKLE_SECONDS", "").strip()
+    try:
+        value = float(raw) if raw else 1.0
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # a typo in an env var must not stop the service
+        log.warning("perfreplay: PERFREPLAY_MAX_PICKLE_SECONDS=%r ignored; using 1 s", raw)
+        return 1.0
+    return value
+
+
+#: Time cap on pickling one call's arguments (or result), seconds.
+MAX_PICKLE_SECONDS = _pickle_seconds()
 _LOG_EVERY = 100  # after the first few, log one failure in this many
 
 
@@ -423,7 +440,12 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         if redactor is not None and redactor.name_only:
             # Pickle first; walk the graph only if a denylisted name occurs in the bytes.
             call_args, redactions = scrub_positions(redactor, args, site.denied, site.param_names)
-            pickled = dumps((call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources)
+            pickled = dumps(
+                (call_args, call_kwargs),
+                max_bytes=site.max_bytes,
+                resources=resources,
+                max_seconds=MAX_PICKLE_SECONDS,
+            )
             if redactor.may_match(pickled.data) or redactor.named_tuple_denied(
                 pickled.named_tuples
             ):
@@ -431,20 +453,32 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
                 if more:
                     redactions += more
                     pickled = dumps(
-                        (call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources
+                        (call_args, call_kwargs),
+                        max_bytes=site.max_bytes,
+                        resources=resources,
+                        max_seconds=MAX_PICKLE_SECONDS,
                     )
         else:
             if redactor is not None:
                 call_args, call_kwargs, redactions = scrub_call(
                     redactor, args, kwargs, site.denied, site.param_names
                 )
-            pickled = dumps((call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources)
+            pickled = dumps(
+                (call_args, call_kwargs),
+                max_bytes=site.max_bytes,
+                resources=resources,
+                max_seconds=MAX_PICKLE_SECONDS,
+            )
         placeholders = _describe_placeholders(
             pickled.placeholders, pickled.objects, call_args, call_kwargs
         )
         return _Pending(site, pickled.data, placeholders, redactions)
     except PayloadTooLarge:
         _STATE.skip("too_large")
+        return None
+    except PickleBlocked as exc:
+        _STATE.skip("blocked")
+        _warn_once(site, f"cannot pickle the arguments of {site.target} in time: {exc}")
         return None
     except RedactionError as exc:
         _STATE.skip("redaction")
@@ -580,12 +614,12 @@ def _keep_result(
         redactor = site.redactor
         if redactor is not None:
             # Pickle first; walk only when a term or a secret shape occurs in the bytes.
-            probe = dumps(value, max_bytes=site.max_bytes).data
+            probe = dumps(value, max_bytes=site.max_bytes, max_seconds=MAX_PICKLE_SECONDS).data
             if redactor.may_match(probe) or redactor.key_denied(site.func.__name__):
                 value, more = scrub_result(redactor, site.func.__name__, value, raised=not ok)
                 redactions.extend(more)
         kept: Any = ("return", value) if ok else ("raise", value)
-        return dumps(kept, max_bytes=site.max_bytes).data
+        return dumps(kept, max_bytes=site.max_bytes, max_seconds=MAX_PICKLE_SECONDS).data
     except PayloadTooLarge:
         return "too large"
     except BaseException as exc:

@@ -30,6 +30,7 @@ import socket
 import sqlite3
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -219,19 +220,31 @@ class PayloadTooLarge(SnapshotError):
     """The payload passed ``max_bytes`` while it was being pickled."""
 
 
+class PickleBlocked(SnapshotError):
+    """Pickling would block or ran past its time cap; the snapshot is abandoned."""
+
+
 class _BoundedBuffer(io.BytesIO):
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, deadline: float | None) -> None:
         super().__init__()
         self._limit = limit
+        self.deadline = deadline
 
     def write(self, b: Any) -> int:
         n = super().write(b)
         if self._limit is not None and self.tell() > self._limit:
             raise PayloadTooLarge(f"payload exceeds max_bytes={self._limit}")
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise PickleBlocked("pickling ran past max_seconds")
         return n
 
 
-_PLAIN, _RESOURCE, _CLOUDPICKLE, _NAMEDTUPLE = 0, 1, 2, 3
+_PLAIN, _RESOURCE, _CLOUDPICKLE, _NAMEDTUPLE, _CUSTOM = 0, 1, 2, 3, 4
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+_OBJECT_HOOKS = {
+    n: getattr(object, n, None) for n in ("__reduce_ex__", "__reduce__", "__getstate__")
+}
 
 
 def _verdict(t: type, resource_types: tuple[type, ...]) -> int:
@@ -241,7 +254,33 @@ def _verdict(t: type, resource_types: tuple[type, ...]) -> int:
         return _CLOUDPICKLE  # classes and functions: cloudpickle decides by value or by ref
     if issubclass(t, tuple) and hasattr(t, "_fields"):
         return _NAMEDTUPLE  # its field names are not in the stream: redaction must know
+    if t.__flags__ & _HEAPTYPE and any(
+        getattr(t, n, None) is not hook for n, hook in _OBJECT_HOOKS.items()
+    ):
+        return _CUSTOM  # Python code runs while it pickles: it may block or take long
     return _PLAIN
+
+
+def _check_custom(obj: Any, deadline: float | None) -> None:
+    """Before a Python-level reducer runs: would it block on a lock it can reach?
+
+    A ``__getstate__`` that takes ``self.lock`` while the caller holds it deadlocks the
+    call. A non-blocking try-acquire of every lock in the object's ``__dict__`` finds a
+    held one first (an RLock held by this thread is re-entrant, so it passes).
+    """
+    if deadline is not None and time.perf_counter() > deadline:
+        raise PickleBlocked("pickling ran past max_seconds (a slow __reduce__/__getstate__?)")
+    state = getattr(obj, "__dict__", None)
+    if not state:
+        return
+    for name, value in list(state.items()):
+        if type(value) in _LOCK_TYPES:
+            if not value.acquire(blocking=False):
+                raise PickleBlocked(
+                    f"{type(obj).__qualname__}.{name} is a lock held while pickling: its "
+                    "__getstate__/__reduce__ could block the call"
+                )
+            value.release()
 
 
 class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -249,11 +288,12 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
 
     def __init__(
         self,
-        file: io.BytesIO,
+        file: _BoundedBuffer,
         resources: Mapping[int, str],
         resource_types: tuple[type, ...],
     ) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._deadline = file.deadline
         self._resources = resources
         self._resource_types = resource_types
         self._verdicts = (
@@ -275,6 +315,10 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
             verdict = self._verdicts[t] = _verdict(t, self._resource_types)
         if verdict == _PLAIN and not self._resources:
             return NotImplemented
+        if verdict == _CUSTOM:
+            _check_custom(obj, self._deadline)
+            if not self._resources:
+                return NotImplemented
         if verdict == _NAMEDTUPLE:
             self.named_tuples.add(t)
         name = self._resources.get(id(obj)) if self._resources else None
@@ -302,9 +346,16 @@ def dumps(
     max_bytes: int | None = None,
     resources: Mapping[int, str] | None = None,
     resource_types: tuple[type, ...] = RESOURCE_TYPES,
+    max_seconds: float | None = None,
 ) -> Pickled:
-    """Pickle ``obj``, aborting as soon as the output passes ``max_bytes``."""
-    buf = _BoundedBuffer(max_bytes)
+    """Pickle ``obj``, aborting as soon as the output passes ``max_bytes``.
+
+    ``max_seconds`` caps the time: checked before every Python-level reducer and at every
+    buffer write, so many slow reducers stop at the cap (one running reducer is not
+    interrupted). Objects whose reducers could block on a held lock are refused first.
+    """
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
+    buf = _BoundedBuffer(max_bytes, deadline)
     pickler = _CapturePickler(buf, resources or {}, resource_types)
     pickler.dump(obj)
     return Pickled(buf.getvalue(), pickler.placeholders, pickler.objects, pickler.named_tuples)

@@ -34,10 +34,13 @@ class LockedState:
 
 
 class SlowReduce:
+    calls = 0
+
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
     def __reduce__(self) -> Any:
+        SlowReduce.calls += 1
         time.sleep(self.seconds)
         return (SlowReduce, (self.seconds,))
 
