@@ -859,15 +859,43 @@ def _decompress(blob: bytes, meta: Mapping[str, Any], path: str | None) -> bytes
     limit = meta.get("raw_size")
     if not isinstance(limit, int) or limit < 0:
         raise SnapshotError(f"section {meta['name']!r} has no raw size", path=path)
+    cap = max_payload_bytes()
+    if limit > cap:
+        raise SnapshotError(
+            f"section {meta['name']!r} declares {limit} bytes uncompressed, over the "
+            f"{cap}-byte limit ({MAX_PAYLOAD_ENV})",
+            path=path,
+        )
+    # Streamed in chunks: memory follows what the data really holds, never what the
+    # header (or the zstd frame) claims, and it stops one byte past the declared size.
+    out = bytearray()
     try:
-        raw = zstd.ZstdDecompressor().decompress(blob, max_output_size=limit)
+        with zstd.ZstdDecompressor().stream_reader(blob) as reader:
+            while len(out) <= limit:
+                chunk = reader.read(min(1 << 20, limit + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
     except Exception as exc:
         raise SnapshotError(
             f"cannot decompress section {meta['name']!r}: {exc}", path=path
         ) from None
-    if len(raw) != limit:
+    if len(out) != limit:
         raise SnapshotError(f"section {meta['name']!r} decompressed to the wrong size", path=path)
-    return bytes(raw)
+    return bytes(out)
+
+
+MAX_PAYLOAD_ENV = "PERFREPLAY_MAX_PAYLOAD_BYTES"
+_DEFAULT_MAX_PAYLOAD = 256 << 20
+
+
+def max_payload_bytes() -> int:
+    """The largest payload loaded or pulled (256 MiB; ``PERFREPLAY_MAX_PAYLOAD_BYTES``)."""
+    raw = os.environ.get(MAX_PAYLOAD_ENV, "").strip()
+    try:
+        return int(raw) if raw else _DEFAULT_MAX_PAYLOAD
+    except ValueError:
+        raise SnapshotError(f"{MAX_PAYLOAD_ENV} must be a number of bytes, got {raw!r}") from None
 
 
 def new_snapshot_id() -> str:
