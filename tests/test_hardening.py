@@ -21,7 +21,7 @@ from pytest_perfreplay.cli import main as cli_main
 from pytest_perfreplay.errors import SnapshotError
 from pytest_perfreplay.snapshot import format as fmt
 from pytest_perfreplay.snapshot.format import Keyring, dumps, encode, new_snapshot_id, read_header
-from pytest_perfreplay.snapshot.store import target_slug
+from pytest_perfreplay.snapshot.store import Store, target_slug
 from tests.capture_helpers import fixtures, hostile, targets
 from tests.capture_helpers.fixtures import KEY, Cap
 
@@ -279,3 +279,30 @@ def test_slow_reducers_are_cut_off_by_the_time_cap(
     # Stopped at the cap: a 0.2 s cap lets a handful of 50 ms reducers run, not 100.
     assert hostile.SlowReduce.calls < 100
     assert any("in time" in r.getMessage() for r in capture_log.records)
+
+
+# -- the store budget holds across processes ------------------------------------------------
+
+
+def test_eight_writers_stay_within_the_budget(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    budget = 1 << 20
+    env = dict(os.environ, PERFREPLAY_STORE_BUDGET=str(budget))
+    repo = Path(__file__).resolve().parents[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.capture_helpers.budget_writer", str(root), "30"],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    outs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    captured = sum(int(o[0]) for o in outs)
+    refused = sum(int(o[1]) for o in outs)
+    used = sum(p.stat().st_size for p in Store(root).snapshot_paths())
+    assert used <= budget, (used, captured)  # it was 7.7 MiB with 8 writers before
+    assert captured >= 5 and refused > 0  # the budget was filled, then refused

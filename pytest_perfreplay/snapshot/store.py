@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -53,6 +54,7 @@ TMP_PREFIX = ".tmp-"
 SLOT_PREFIX = "slot-"
 DEFAULT_BUDGET = 1 << 30  # 1 GiB for the whole store
 STALE_TMP_SECONDS = 3600.0
+_USAGE_RESCAN_SECONDS = 60.0
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -82,6 +84,7 @@ class PutResult:
 
     outcome: str  # written | replaced | duplicate | not_slower | over_budget
     path: Path | None = None
+    freed: int = 0  # bytes of the file a replacement overwrote
 
     @property
     def stored(self) -> bool:
@@ -255,8 +258,29 @@ class Store:
         view = self._view(folder)
         if digest is not None and any(e.digest == digest for e in view.entries.values()):
             return PutResult("duplicate")
-        if not self._within_budget(len(data)):
+        if not self._reserve(len(data)):
             return PutResult("over_budget")
+        result = self._put_reserved(folder, view, data, quota, duration, digest, fsync)
+        # Settle the reservation: nothing written gives it back, a replacement frees the
+        # victim's bytes.
+        if result.outcome == "written":
+            self._settle(0)
+        elif result.outcome == "replaced":
+            self._settle(-result.freed)
+        else:
+            self._settle(-len(data))
+        return result
+
+    def _put_reserved(
+        self,
+        folder: Path,
+        view: _View,
+        data: bytes,
+        quota: int,
+        duration: float,
+        digest: str | None,
+        fsync: bool,
+    ) -> PutResult:
         if len(view.entries) < quota:
             start = view.hint if view.hint < quota else 0
             for k in itertools.chain(range(start, quota), range(start)):
@@ -313,7 +337,7 @@ class Store:
             return PutResult("not_slower")
         write_atomic(path, data, fsync=fsync)
         self._remember(view, path, duration, digest, len(data), replaced=fresh.size)
-        return PutResult("replaced", path)
+        return PutResult("replaced", path, freed=fresh.size)
 
     def _remember(
         self,
@@ -331,8 +355,6 @@ class Store:
         view.entries[path.name] = _Entry(
             (st.st_ino, st.st_size, st.st_mtime_ns), duration, digest, size
         )
-        if self._usage:
-            self._usage[1] += size - replaced
 
     def _view(self, folder: Path, *, force: bool = False) -> _View:
         view = self._views.setdefault(folder.name, _View())
@@ -389,13 +411,46 @@ class Store:
                 total += p.stat().st_size
         return total
 
-    def _within_budget(self, size: int) -> bool:
+    # The budget holds across processes: usage lives in a shared counter file,
+    # ``.usage``, read and updated under an exclusive ``flock``; a writer reserves its
+    # bytes before writing and settles after. The counter is rebuilt from a scan when
+    # missing or older than a minute (so deletions by ``prune`` are seen); between scans
+    # it can only over-count, which under-fills the budget and never overshoots it.
+
+    @contextlib.contextmanager
+    def _usage_counter(self) -> Iterator[list[int]]:
+        self.ensure()
+        path = self.root / ".usage"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.pread(fd, 64, 0).split()
+            st = os.fstat(fd)
+            fresh = len(raw) == 1 and time.time() - st.st_mtime < _USAGE_RESCAN_SECONDS
+            value = [int(raw[0]) if fresh and raw[0].isdigit() else self.usage()]
+            before = value[0]
+            yield value
+            if value[0] != before or not fresh:
+                data = str(max(0, value[0])).encode()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, data, 0)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _reserve(self, size: int) -> bool:
         if self.budget_bytes is None:
             return True
-        now = time.monotonic()
-        if not self._usage or now - self._usage[0] > 5.0:
-            self._usage[:] = [now, float(self.usage())]
-        return self._usage[1] + size <= self.budget_bytes
+        with self._usage_counter() as usage:
+            if usage[0] + size > self.budget_bytes:
+                return False
+            usage[0] += size
+        return True
+
+    def _settle(self, delta: int) -> None:
+        if self.budget_bytes is None or delta == 0:
+            return
+        with contextlib.suppress(OSError), self._usage_counter() as usage:
+            usage[0] += delta
 
     # -- listing and cleaning -----------------------------------------------
 
