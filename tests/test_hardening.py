@@ -306,3 +306,26 @@ def test_eight_writers_stay_within_the_budget(tmp_path: Path) -> None:
     used = sum(p.stat().st_size for p in Store(root).snapshot_paths())
     assert used <= budget, (used, captured)  # it was 7.7 MiB with 8 writers before
     assert captured >= 5 and refused > 0  # the budget was filled, then refused
+
+
+# -- decompression is bounded by the declared size, streamed -----------------------------
+
+
+def test_a_zstd_bomb_is_refused_without_inflating() -> None:
+    import resource
+
+    import zstandard
+
+    # 512 MiB of zeros compress to well under a MiB; the header declares 1000 bytes.
+    cobj = zstandard.ZstdCompressor().compressobj()
+    bomb = b"".join(cobj.compress(bytes(1 << 20)) for _ in range(512)) + cobj.flush()
+    assert len(bomb) < 1 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    meta: dict[str, Any] = {"name": "args", "size": len(bomb), "raw_size": 1000, "sha256": ""}
+    with pytest.raises(SnapshotError, match="decompressed to the wrong size"):
+        fmt._decompress(bomb, meta, None)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024  # streamed: it stopped one byte past the declared size
+    meta["raw_size"] = 2 << 30  # a header that declares 2 GiB is refused before any work
+    with pytest.raises(SnapshotError, match="over the .*PERFREPLAY_MAX_PAYLOAD_BYTES"):
+        fmt._decompress(bomb, meta, None)
