@@ -610,16 +610,20 @@ def _keep_result(
     ok, value = outcome
     if not ok:
         value = _describe_exception(value)
+    kind = "return" if ok else "raise"
     try:
+        # Pickle first; walk only when a term or a secret shape occurs in the bytes.
+        data = dumps((kind, value), max_bytes=site.max_bytes, max_seconds=MAX_PICKLE_SECONDS).data
         redactor = site.redactor
-        if redactor is not None:
-            # Pickle first; walk only when a term or a secret shape occurs in the bytes.
-            probe = dumps(value, max_bytes=site.max_bytes, max_seconds=MAX_PICKLE_SECONDS).data
-            if redactor.may_match(probe) or redactor.key_denied(site.func.__name__):
-                value, more = scrub_result(redactor, site.func.__name__, value, raised=not ok)
+        func_name = getattr(site.func, "__name__", "")
+        if redactor is not None and (redactor.may_match(data) or redactor.key_denied(func_name)):
+            scrubbed, more = scrub_result(redactor, func_name, value, raised=not ok)
+            if more:
                 redactions.extend(more)
-        kept: Any = ("return", value) if ok else ("raise", value)
-        return dumps(kept, max_bytes=site.max_bytes, max_seconds=MAX_PICKLE_SECONDS).data
+                data = dumps(
+                    (kind, scrubbed), max_bytes=site.max_bytes, max_seconds=MAX_PICKLE_SECONDS
+                ).data
+        return data
     except PayloadTooLarge:
         return "too large"
     except BaseException as exc:
