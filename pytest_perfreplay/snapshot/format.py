@@ -493,7 +493,7 @@ def _is_number(x: Any) -> bool:
 
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_NAME = r"[^\W\d]\w*"  # an identifier, Unicode letters included
 # module:qualname; qualnames may hold ``<locals>`` and ``<lambda>`` parts.
 TARGET_PATTERN = re.compile(
     rf"{_NAME}(?:\.{_NAME})*:(?:{_NAME}|<[a-z]+>)(?:\.(?:{_NAME}|<[a-z]+>))*"
