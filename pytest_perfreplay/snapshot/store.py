@@ -137,7 +137,7 @@ class Store:
     budget_bytes: int | None = field(default_factory=_default_budget, compare=False)
     view_ttl: float = field(default=1.0, compare=False)
     _views: dict[str, _View] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _usage: list[float] = field(default_factory=list, init=False, repr=False, compare=False)
+    _counter: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
     _swept: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
     _keys: list[Keyring | None] = field(default_factory=list, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(
@@ -211,7 +211,7 @@ class Store:
                 # written from now on still verify; say so once, and start afresh.
                 log.warning("perfreplay: the store %s was deleted; recreating it", self.root)
                 self._views.clear()
-                self._usage.clear()
+                self._counter.clear()  # the open counter file went with it
             self.ensure()
             make_private_dirs(folder)
         return folder
@@ -419,9 +419,7 @@ class Store:
 
     @contextlib.contextmanager
     def _usage_counter(self) -> Iterator[list[int]]:
-        self.ensure()
-        path = self.root / ".usage"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        fd = self._usage_fd()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.pread(fd, 64, 0).split()
@@ -435,7 +433,19 @@ class Store:
                 # filesystems: milliseconds on overlayfs).
                 os.pwrite(fd, b"%020d" % max(0, value[0]), 0)
         finally:
-            os.close(fd)  # releases the lock
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _usage_fd(self) -> int:
+        """The counter file, opened once per process (``open`` is the costly call)."""
+        pid = os.getpid()
+        if self._counter and self._counter[0] == pid:
+            return self._counter[1]
+        self.ensure()
+        path = self.root / ".usage"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        os.set_inheritable(fd, False)
+        self._counter[:] = [pid, fd]
+        return fd
 
     def _reserve(self, size: int) -> bool:
         if self.budget_bytes is None:
@@ -508,7 +518,9 @@ class Store:
     def forget(self) -> None:
         """Drop cached views (after pruning or other out-of-band changes)."""
         self._views.clear()
-        self._usage.clear()
+        if self.budget_bytes is not None and self.root.is_dir():
+            with contextlib.suppress(OSError), self._usage_counter() as usage:
+                usage[0] = self.usage()  # files were deleted: count again, for every process
 
 
 def _writer_alive(tmp_name: str) -> bool:
