@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["tests.speedscope_app", "tests.s3_server"]
@@ -13,3 +15,14 @@ def _inner_sessions_are_not_xdist_workers(monkeypatch: pytest.MonkeyPatch) -> No
     # then silently disables timing in them.
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _user_keys_in_a_temp_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    # The default signing key lives per user under $XDG_STATE_HOME: never write the real
+    # home from tests. Inner pytester sessions and subprocesses inherit the variable.
+    state = tmp_path_factory.mktemp("xdg-state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state

@@ -12,6 +12,7 @@ import pytest
 
 from pytest_perfreplay.errors import StoreError
 from pytest_perfreplay.snapshot.format import Keyring, dumps, encode
+from pytest_perfreplay.snapshot.keys import user_key_path
 from pytest_perfreplay.snapshot.store import (
     TMP_PREFIX,
     Store,
@@ -145,11 +146,14 @@ def test_store_key_is_created_private_and_refused_when_not(
     assert store.keyring() is None
     ring = store.keyring(create=True)
     assert ring is not None and ring.signing is not None
-    assert stat.S_IMODE(store.key_path.stat().st_mode) == 0o600
+    assert not store.key_path.exists()  # never in the store: it lives with the user
+    user_key = user_key_path()
+    assert stat.S_IMODE(user_key.stat().st_mode) == 0o600
     assert Store(tmp_path / "s").keyring() == ring  # stable across processes
-    store.key_path.chmod(0o644)
+    user_key.chmod(0o644)
     with pytest.raises(StoreError, match="must be owned by this user and mode 0600"):
         store.keyring()
+    user_key.chmod(0o600)
     monkeypatch.setenv("PERFREPLAY_KEY", "configured-key-0123456789")
     configured = store.keyring()
     assert configured is not None and configured.signing is not None

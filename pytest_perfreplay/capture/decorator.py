@@ -36,6 +36,7 @@ from typing import Any, TypeVar, overload
 from ..snapshot.format import (
     Keyring,
     PayloadTooLarge,
+    PickleBlocked,
     code_hash,
     dumps,
     encode_parts,
@@ -54,6 +55,7 @@ from .redact import (
     parameter_names,
     scrub_call,
     scrub_positions,
+    scrub_result,
 )
 
 log = logging.getLogger("pytest_perfreplay.capture")
@@ -71,6 +73,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
 _MAX_FAILURES = 20
+
+
+def _pickle_seconds() -> float:
+    raw = os.environ.get("PERFREPLAY_MAX_PICKLE_SECONDS", "").strip()
+    try:
+        value = float(raw) if raw else 1.0
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # a typo in an env var must not stop the service
+        log.warning("perfreplay: PERFREPLAY_MAX_PICKLE_SECONDS=%r ignored; using 1 s", raw)
+        return 1.0
+    return value
+
+
+#: Time cap on pickling one call's arguments (or result), seconds.
+MAX_PICKLE_SECONDS = _pickle_seconds()
 _LOG_EVERY = 100  # after the first few, log one failure in this many
 
 
@@ -107,6 +125,8 @@ class _State:
                     "no signing key: set PERFREPLAY_KEY (PERFREPLAY_VERIFY_KEYS only verifies)"
                 )
             self.keyring = keyring
+        # Slot replacement trusts the durations of files signed with these keys only.
+        self.get_store().trust_durations_from(self.keyring)
         return self.keyring
 
     def skip(self, reason: str) -> None:
@@ -209,17 +229,29 @@ def _reset() -> None:
 # Failure containment
 
 
-def _contain(exc: BaseException, where: str) -> None:
-    """Count a failure inside capture, log it at a bounded rate, and turn off when needed."""
+def _contain(exc: BaseException, where: str, site: _Site | None = None) -> None:
+    """Count a failure inside capture, log it at a bounded rate, and turn off when needed.
+
+    A broken store or disk turns capture off for the process; repeated failures of one
+    target turn off that target only, so one bad argument type cannot silence the rest.
+    """
     state = _STATE
     state.failures += 1
     n = state.failures
     if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS:
         code = errno.errorcode.get(exc.errno or 0, "?")
         _disable(f"{where}: {exc.strerror or exc} ({code})")
+        return
+    if site is not None:
+        site.failures += 1
+        if site.failures >= _MAX_FAILURES and site.off is None:
+            site.off = f"{site.failures} failures, the last in {where}: {exc!r}"
+            log.warning("perfreplay capture turned off for %s: %s", site.target, site.off)
+            return
     elif n >= _MAX_FAILURES:
         _disable(f"{n} failures, the last in {where}: {exc!r}")
-    elif n <= 3 or n % _LOG_EVERY == 0:
+        return
+    if n <= 3 or n % _LOG_EVERY == 0:
         log.warning("perfreplay capture failed in %s (%d so far): %r", where, n, exc)
 
 
@@ -350,6 +382,8 @@ class _Site:
     signature: inspect.Signature | None = None
     static_fields: dict[str, Any] | None = None
     warned_unpicklable: bool = False
+    failures: int = 0
+    off: str | None = None  # why capture stopped for this target alone
 
     def static(self) -> dict[str, Any]:
         if self.static_fields is None:
@@ -394,7 +428,7 @@ class _Pending:
 
 def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pending | None:
     """Serialize the arguments *before* the call, so mutation cannot change what is kept."""
-    if getattr(_local, "busy", False):
+    if getattr(_local, "busy", False) or site.off is not None:
         return None  # pickling ran user code that called a decorated function
     _local.busy = True
     try:
@@ -405,8 +439,13 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         redactor = site.redactor
         if redactor is not None and redactor.name_only:
             # Pickle first; walk the graph only if a denylisted name occurs in the bytes.
-            call_args, redactions = scrub_positions(args, site.denied, site.param_names)
-            pickled = dumps((call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources)
+            call_args, redactions = scrub_positions(redactor, args, site.denied, site.param_names)
+            pickled = dumps(
+                (call_args, call_kwargs),
+                max_bytes=site.max_bytes,
+                resources=resources,
+                max_seconds=MAX_PICKLE_SECONDS,
+            )
             if redactor.may_match(pickled.data) or redactor.named_tuple_denied(
                 pickled.named_tuples
             ):
@@ -414,14 +453,22 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
                 if more:
                     redactions += more
                     pickled = dumps(
-                        (call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources
+                        (call_args, call_kwargs),
+                        max_bytes=site.max_bytes,
+                        resources=resources,
+                        max_seconds=MAX_PICKLE_SECONDS,
                     )
         else:
             if redactor is not None:
                 call_args, call_kwargs, redactions = scrub_call(
                     redactor, args, kwargs, site.denied, site.param_names
                 )
-            pickled = dumps((call_args, call_kwargs), max_bytes=site.max_bytes, resources=resources)
+            pickled = dumps(
+                (call_args, call_kwargs),
+                max_bytes=site.max_bytes,
+                resources=resources,
+                max_seconds=MAX_PICKLE_SECONDS,
+            )
         placeholders = _describe_placeholders(
             pickled.placeholders, pickled.objects, call_args, call_kwargs
         )
@@ -429,11 +476,17 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
     except PayloadTooLarge:
         _STATE.skip("too_large")
         return None
+    except PickleBlocked as exc:
+        _STATE.skip("blocked")
+        _warn_once(site, f"cannot pickle the arguments of {site.target} in time: {exc}")
+        return None
     except RedactionError as exc:
         _STATE.skip("redaction")
         _warn_once(site, f"cannot scrub the arguments of {site.target}: {exc}")
         return None
-    except Exception as exc:  # an unpicklable argument must never break the call
+    except BaseException as exc:  # an unpicklable argument must never break the call
+        # BaseException too: a SystemExit or KeyboardInterrupt raised by a __reduce__ is
+        # the capture's failure, not the call's; the body still runs.
         _STATE.skip("unpicklable")
         _warn_once(site, f"cannot pickle the arguments of {site.target}: {exc!r}")
         return None
@@ -545,8 +598,8 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
             state.replaced += 1
         else:
             state.skip(result.outcome)
-    except Exception as exc:
-        _contain(exc, f"writing a snapshot of {site.target}")
+    except BaseException as exc:  # the call already returned: nothing may replace that
+        _contain(exc, f"writing a snapshot of {site.target}", site)
     finally:
         _local.busy = False
 
@@ -555,15 +608,25 @@ def _keep_result(
     site: _Site, outcome: tuple[bool, Any], redactions: list[dict[str, str]]
 ) -> bytes | str:
     ok, value = outcome
-    kept: Any = ("return", value) if ok else ("raise", _describe_exception(value))
+    if not ok:
+        value = _describe_exception(value)
+    kind = "return" if ok else "raise"
     try:
-        if site.redactor is not None and site.redactor.needs_walk(kept):
-            kept, more = site.redactor.scrub(kept, "result")
-            redactions.extend(more)
-        return dumps(kept, max_bytes=site.max_bytes).data
+        # Pickle first; walk only when a term or a secret shape occurs in the bytes.
+        data = dumps((kind, value), max_bytes=site.max_bytes, max_seconds=MAX_PICKLE_SECONDS).data
+        redactor = site.redactor
+        func_name = getattr(site.func, "__name__", "")
+        if redactor is not None and (redactor.may_match(data) or redactor.key_denied(func_name)):
+            scrubbed, more = scrub_result(redactor, func_name, value, raised=not ok)
+            if more:
+                redactions.extend(more)
+                data = dumps(
+                    (kind, scrubbed), max_bytes=site.max_bytes, max_seconds=MAX_PICKLE_SECONDS
+                ).data
+        return data
     except PayloadTooLarge:
         return "too large"
-    except Exception as exc:
+    except BaseException as exc:
         return f"unpicklable: {type(exc).__name__}"
 
 
@@ -734,6 +797,7 @@ def capture(
     if isinstance(tags, str):
         tags = (tags,)
     redactor_spec = redact
+    Redactor.from_spec(redact)  # a bad spec fails at decoration, even while capture is off
     resource_names = frozenset(resources)
     tag_tuple = tuple(tags)
 

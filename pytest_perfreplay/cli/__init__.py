@@ -13,9 +13,9 @@ from ..errors import PerfReplayError
 
 
 def _command_modules() -> list[ModuleType]:
-    from . import history, profile, remote, run, store
+    from . import history, keys, profile, remote, run, store
 
-    return [store, remote, run, history, profile]
+    return [store, keys, remote, run, history, profile]
 
 
 def build_parser() -> argparse.ArgumentParser:

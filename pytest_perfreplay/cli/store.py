@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PerfReplayError, SnapshotError, StoreError
+from ..errors import PerfReplayError, SnapshotError, StoreError, printable
 from ..snapshot.format import Header, Keyring, read_header_file, verify
+from ..snapshot.keys import legacy_key_hint
 from ..snapshot.store import Store
 
 
@@ -265,7 +266,7 @@ def run_show(args: argparse.Namespace) -> int:
     path = files.find(args.id)
     if not args.args:
         header = read_header_file(path) if not files.remote else files.store.read_header(path)
-        print(f"# {path}")
+        print(printable(f"# {path}"))
         print(json.dumps(dict(header.fields), indent=2, sort_keys=True))
         return 0
     snapshot = verify(
@@ -274,7 +275,8 @@ def run_show(args: argparse.Namespace) -> int:
         allow_unsigned=args.allow_unsigned,
         path=str(path),
     )
-    print(f"# {path} ({'signature verified' if snapshot.signed else 'UNSIGNED, not verified'})")
+    state = "signature verified" if snapshot.signed else "UNSIGNED, not verified"
+    print(printable(f"# {path} ({state})"))
     print(json.dumps(dict(snapshot.header.fields), indent=2, sort_keys=True))
     call_args, call_kwargs = snapshot.load_call()
     short = reprlib.Repr()
@@ -310,10 +312,15 @@ def run_verify(args: argparse.Namespace) -> int:
             )
         except (SnapshotError, OSError) as exc:
             failed += 1
-            print(f"FAIL {exc}")
+            print(f"FAIL {printable(str(exc))}")
             continue
-        note = "" if snapshot.signed else " (unsigned)"
-        print(f"ok   {files.display(path)} {snapshot.header.target}{note}")
+        sig = snapshot.header.get("sig")
+        if snapshot.signed and isinstance(sig, dict) and keyring is not None:
+            key_id = str(sig.get("key_id"))
+            note = f" key {key_id} ({keyring.origin(key_id)})"
+        else:
+            note = " UNSIGNED (accepted by --allow-unsigned)"
+        print(printable(f"ok   {files.display(path)} {snapshot.header.target}{note}"))
     swept = files.sweep_tmp()
     print(
         f"\n{len(paths) - failed} ok, {failed} failed"
@@ -321,6 +328,10 @@ def run_verify(args: argparse.Namespace) -> int:
     )
     if not paths:
         print(f"no snapshots in {files.label}")
+    if failed and not files.remote:
+        hint = legacy_key_hint(files.store.root)
+        if hint:
+            print(hint)
     return 1 if failed else 0
 
 
@@ -360,7 +371,7 @@ def run_prune(args: argparse.Namespace) -> int:
             for p, _ in alive[args.keep :]:
                 doomed[p] = f"beyond the {args.keep} slowest"
     for path, why in sorted(doomed.items()):
-        print(f"{'would delete' if args.dry_run else 'deleted'} {path} ({why})")
+        print(printable(f"{'would delete' if args.dry_run else 'deleted'} {path} ({why})"))
         if not args.dry_run:
             files.delete(path)
     swept = 0 if args.dry_run else files.sweep_tmp()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..snapshot.store import write_atomic
+from ..snapshot.store import make_private_dirs, write_atomic
 from . import pyinstrument as pyinstrument_backend
 from . import pyspy, speedscope
 
@@ -195,8 +195,8 @@ def profile(
                 + (": the calls wait rather than compute (try py-spy's --idle)" if waiting else "")
             )
         calls *= _growth(samples, request.min_samples)
-    out_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_atomic(out_path, json.dumps(doc, separators=(",", ":")).encode(), mode=0o644)
+    make_private_dirs(out_path.parent)  # profiles name the code and its arguments' shapes
+    write_atomic(out_path, json.dumps(doc, separators=(",", ":")).encode(), mode=0o600)
     notes = [fallback] if fallback else []
     if samples < request.min_samples:
         notes.append(
@@ -338,7 +338,7 @@ def diff_previous(
     except (OSError, ValueError) as exc:  # SpeedscopeError is a ValueError
         return [], None, [f"no diff against {old_path}: {exc}"]
     out = sibling(result.path, DIFF_SUFFIX)
-    write_atomic(out, json.dumps(d.document, separators=(",", ":")).encode(), mode=0o644)
+    write_atomic(out, json.dumps(d.document, separators=(",", ":")).encode(), mode=0o600)
     lines = [f"vs iteration {old_iteration}, per call: {d.headline()}"]
     lines += d.mover_lines(top)
     old_backend = _backend_in_name(old_doc)

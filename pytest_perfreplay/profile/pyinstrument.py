@@ -30,7 +30,7 @@ def record(
     if session is None:
         raise RuntimeError("pyinstrument recorded no session")
     if session_path is not None:
-        session_path.parent.mkdir(parents=True, exist_ok=True)
+        session_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         session.save(str(session_path))
     data: dict[str, Any] = session.to_json()
     return data

@@ -305,8 +305,10 @@ def record(
             raise PySpyError(f"py-spy wrote no fresh output: {_last_line(tail)}")
         text = out.read_text()
         if options.raw_copy is not None:
-            options.raw_copy.parent.mkdir(parents=True, exist_ok=True)
-            options.raw_copy.write_text(text)
+            options.raw_copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(options.raw_copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
         try:
             doc: dict[str, Any] = json.loads(text)
         except ValueError as exc:

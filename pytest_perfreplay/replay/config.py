@@ -17,6 +17,7 @@ from .rounds import RoundPolicy
 PROFILERS = ("auto", "py-spy", "pyinstrument")
 ESTIMATORS = ("median", "mean", "min")
 GC_POLICIES = ("collect", "disable", "enable")
+ALLOW_UNSIGNED_ENV = "PERFREPLAY_ALLOW_UNSIGNED"
 
 
 def _fraction(value: str) -> float:
@@ -113,6 +114,7 @@ class _Option:
     default: str | None
     parse: Callable[[str], Any]
     flag: bool = False  # store_true on the command line
+    ini: bool = True  # False: command line or environment only (a trust decision)
 
 
 OPTIONS: tuple[_Option, ...] = (
@@ -152,10 +154,12 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("strict", "fail an item whose precision target was missed", "false", _flag, True),
     _Option(
         "allow-unsigned",
-        "load unsigned snapshots (only from a source you trust)",
+        f"load unsigned snapshots (only from a source you trust); command line or "
+        f"{ALLOW_UNSIGNED_ENV}=1 only, never ini",
         "false",
         _flag,
         True,
+        ini=False,
     ),
     _Option(
         "allow-python-mismatch",
@@ -256,12 +260,24 @@ def add_options(parser: pytest.Parser) -> None:
                 default=None,
                 help=opt.help if opt.default is None else f"{opt.help} (default: {opt.default})",
             )
-        parser.addini(_ini_name(opt.name), opt.help, default=opt.default)
+        # Registered even when refused, so that setting it gets a clear error.
+        parser.addini(_ini_name(opt.name), opt.help, default=opt.default if opt.ini else None)
 
 
 def _value(config: pytest.Config, opt: _Option) -> Any:
     raw = config.getoption(_dest(opt.name))
     source = f"--perf-replay-{opt.name}"
+    if not opt.ini:
+        if config.getini(_ini_name(opt.name)) is not None:
+            raise pytest.UsageError(
+                f"ini option {_ini_name(opt.name)} is refused: a file in the repository must "
+                f"not turn signature checks off. Pass --perf-replay-{opt.name} or set "
+                f"{ALLOW_UNSIGNED_ENV}=1 for this run"
+            )
+        if raw is None:
+            env = os.environ.get(ALLOW_UNSIGNED_ENV, "").strip().lower()
+            raw = env in ("1", "true", "yes", "on")
+        return bool(raw)
     if raw is None:
         raw = config.getini(_ini_name(opt.name))
         source = f"ini option {_ini_name(opt.name)}"

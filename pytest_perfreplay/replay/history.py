@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ..snapshot.store import target_slug
+from ..snapshot.store import make_private_dirs, target_slug
 
 MAX_SAMPLES = 2000  # per entry; enough for the significance test, bounded on disk
 
@@ -118,7 +118,7 @@ class Ledger:
         return entries[-1].iteration + 1 if entries else 1
 
     def append(self, entry: Entry) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)  # every folder it creates is 0700
         line = json.dumps(asdict(entry), separators=(",", ":")) + "\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:

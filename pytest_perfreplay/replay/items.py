@@ -52,6 +52,8 @@ class SnapshotCollector(pytest.Collector):
             try:  # the header only: collection never reads payloads
                 header = read_header_file(path)
                 name = f"{header.target}[{header.id}]"
+                if header.get("sig") is None:
+                    name += "[UNSIGNED]"  # loud in every item line, whatever the outcome
             except SnapshotError as exc:
                 error = str(exc)
                 name = f"{path.parent.name}:{path.stem}[unreadable]"
@@ -135,6 +137,12 @@ class SnapshotItem(pytest.Function):
             if self.load_error is not None:
                 raise ReplayFailure(_paragraph("cannot read this snapshot", self.load_error))
             snapshot = load_snapshot(self.snapshot_path, state)
+            if not snapshot.signed:
+                outcome.unsigned = True
+                outcome.notes.append(
+                    f"UNSIGNED: {self.snapshot_path} was loaded without a verified signature, "
+                    "only because --perf-replay-allow-unsigned is set"
+                )
             try:
                 func = resolve_target(snapshot.header.target)
             except SnapshotError as exc:

@@ -134,6 +134,13 @@ def summary_lines(state: ReplaySession, cwd: Path) -> list[str]:
     lines: list[str] = []
     for o in state.outcomes:
         lines.extend(outcome_lines(o, cwd))
+    unsigned = [o for o in state.outcomes if o.unsigned]
+    if unsigned:
+        lines.append(
+            f"!! {len(unsigned)} UNSIGNED snapshot(s) were unpickled without a verified "
+            "signature (--perf-replay-allow-unsigned): "
+            + ", ".join(f"{o.target} [{o.snapshot_id}]" for o in unsigned)
+        )
     missed = [o for o in state.outcomes if o.rounds is not None and not o.rounds.target_met]
     if missed:
         lines.append(

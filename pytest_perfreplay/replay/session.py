@@ -38,6 +38,7 @@ class ItemOutcome:
     vs_first: Comparison | None = None
     result_check: str | None = None
     mutated: bool = False
+    unsigned: bool = False  # loaded only because --perf-replay-allow-unsigned was set
     drift: float | None = None  # between-session drift allowed in the comparisons
     profile_path: Path | None = None
     profile_lines: list[str] = field(default_factory=list)

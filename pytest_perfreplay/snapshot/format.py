@@ -20,14 +20,17 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import pickle
 import platform
+import re
 import secrets
 import socket
 import sqlite3
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ SUFFIX = ".prsnap"
 
 KEY_ENV = "PERFREPLAY_KEY"
 VERIFY_KEYS_ENV = "PERFREPLAY_VERIFY_KEYS"
+MIN_KEY_BYTES = 16
 
 
 # ---------------------------------------------------------------------------
@@ -56,6 +60,7 @@ class Keyring:
 
     signing: tuple[str, bytes] | None
     verifying: Mapping[str, bytes] = field(default_factory=dict)
+    origins: Mapping[str, str] = field(default_factory=dict)  # key id -> where it lives
 
     @staticmethod
     def key_id(secret: bytes) -> str:
@@ -78,7 +83,26 @@ class Keyring:
         extra = [k.strip() for k in env.get(VERIFY_KEYS_ENV, "").split(",") if k.strip()]
         if not signing and not extra:
             return None
-        return cls.from_secrets(signing.encode() if signing else None, [k.encode() for k in extra])
+        named = [(VERIFY_KEYS_ENV, k) for k in extra]
+        if signing:
+            named.append((KEY_ENV, signing))
+        for name, value in named:
+            if len(value.encode()) < MIN_KEY_BYTES:
+                # A short key is recovered offline from the key id in any header.
+                raise SignatureError(
+                    f"{name}: a key must be at least {MIN_KEY_BYTES} bytes (got "
+                    f"{len(value.encode())}); generate one with: python -c "
+                    "'import secrets; print(secrets.token_hex(32))'"
+                )
+        ring = cls.from_secrets(signing.encode() if signing else None, [k.encode() for k in extra])
+        origins = {cls.key_id(k.encode()): VERIFY_KEYS_ENV for k in extra}
+        if signing:
+            origins[cls.key_id(signing.encode())] = KEY_ENV
+        return cls(signing=ring.signing, verifying=ring.verifying, origins=origins)
+
+    def origin(self, key_id: str) -> str:
+        """Where a key lives, for messages (``PERFREPLAY_KEY``, a user key file...)."""
+        return self.origins.get(key_id, "configured key")
 
     def sign(self, message_parts: Sequence[bytes]) -> dict[str, str]:
         if self.signing is None:
@@ -177,6 +201,7 @@ def _default_resource_types() -> tuple[type, ...]:
 
 RESOURCE_TYPES: tuple[type, ...] = _default_resource_types()
 _RESOURCE_VERDICTS: dict[type, int] = {}  # type -> _PLAIN, _RESOURCE or _CLOUDPICKLE
+_MAX_VERDICTS = 4096  # bounded: the keys keep their types alive
 
 
 def resource_fixture_name(obj: object) -> str:
@@ -195,19 +220,31 @@ class PayloadTooLarge(SnapshotError):
     """The payload passed ``max_bytes`` while it was being pickled."""
 
 
+class PickleBlocked(SnapshotError):
+    """Pickling would block or ran past its time cap; the snapshot is abandoned."""
+
+
 class _BoundedBuffer(io.BytesIO):
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, deadline: float | None) -> None:
         super().__init__()
         self._limit = limit
+        self.deadline = deadline
 
     def write(self, b: Any) -> int:
         n = super().write(b)
         if self._limit is not None and self.tell() > self._limit:
             raise PayloadTooLarge(f"payload exceeds max_bytes={self._limit}")
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise PickleBlocked("pickling ran past max_seconds")
         return n
 
 
-_PLAIN, _RESOURCE, _CLOUDPICKLE, _NAMEDTUPLE = 0, 1, 2, 3
+_PLAIN, _RESOURCE, _CLOUDPICKLE, _NAMEDTUPLE, _CUSTOM = 0, 1, 2, 3, 4
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+_OBJECT_HOOKS = {
+    n: getattr(object, n, None) for n in ("__reduce_ex__", "__reduce__", "__getstate__")
+}
 
 
 def _verdict(t: type, resource_types: tuple[type, ...]) -> int:
@@ -217,7 +254,33 @@ def _verdict(t: type, resource_types: tuple[type, ...]) -> int:
         return _CLOUDPICKLE  # classes and functions: cloudpickle decides by value or by ref
     if issubclass(t, tuple) and hasattr(t, "_fields"):
         return _NAMEDTUPLE  # its field names are not in the stream: redaction must know
+    if t.__flags__ & _HEAPTYPE and any(
+        getattr(t, n, None) is not hook for n, hook in _OBJECT_HOOKS.items()
+    ):
+        return _CUSTOM  # Python code runs while it pickles: it may block or take long
     return _PLAIN
+
+
+def _check_custom(obj: Any, deadline: float | None) -> None:
+    """Before a Python-level reducer runs: would it block on a lock it can reach?
+
+    A ``__getstate__`` that takes ``self.lock`` while the caller holds it deadlocks the
+    call. A non-blocking try-acquire of every lock in the object's ``__dict__`` finds a
+    held one first (an RLock held by this thread is re-entrant, so it passes).
+    """
+    if deadline is not None and time.perf_counter() > deadline:
+        raise PickleBlocked("pickling ran past max_seconds (a slow __reduce__/__getstate__?)")
+    state = getattr(obj, "__dict__", None)
+    if not state:
+        return
+    for name, value in list(state.items()):
+        if type(value) in _LOCK_TYPES:
+            if not value.acquire(blocking=False):
+                raise PickleBlocked(
+                    f"{type(obj).__qualname__}.{name} is a lock held while pickling: its "
+                    "__getstate__/__reduce__ could block the call"
+                )
+            value.release()
 
 
 class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -225,11 +288,12 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
 
     def __init__(
         self,
-        file: io.BytesIO,
+        file: _BoundedBuffer,
         resources: Mapping[int, str],
         resource_types: tuple[type, ...],
     ) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._deadline = file.deadline
         self._resources = resources
         self._resource_types = resource_types
         self._verdicts = (
@@ -246,9 +310,15 @@ class _CapturePickler(cloudpickle.Pickler):  # type: ignore[misc]
         t = type(obj)
         verdict = self._verdicts.get(t)
         if verdict is None:
+            if len(self._verdicts) >= _MAX_VERDICTS:
+                self._verdicts.clear()  # per-call classes must not stay alive for ever
             verdict = self._verdicts[t] = _verdict(t, self._resource_types)
         if verdict == _PLAIN and not self._resources:
             return NotImplemented
+        if verdict == _CUSTOM:
+            _check_custom(obj, self._deadline)
+            if not self._resources:
+                return NotImplemented
         if verdict == _NAMEDTUPLE:
             self.named_tuples.add(t)
         name = self._resources.get(id(obj)) if self._resources else None
@@ -276,9 +346,16 @@ def dumps(
     max_bytes: int | None = None,
     resources: Mapping[int, str] | None = None,
     resource_types: tuple[type, ...] = RESOURCE_TYPES,
+    max_seconds: float | None = None,
 ) -> Pickled:
-    """Pickle ``obj``, aborting as soon as the output passes ``max_bytes``."""
-    buf = _BoundedBuffer(max_bytes)
+    """Pickle ``obj``, aborting as soon as the output passes ``max_bytes``.
+
+    ``max_seconds`` caps the time: checked before every Python-level reducer and at every
+    buffer write, so many slow reducers stop at the cap (one running reducer is not
+    interrupted). Objects whose reducers could block on a held lock are refused first.
+    """
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
+    buf = _BoundedBuffer(max_bytes, deadline)
     pickler = _CapturePickler(buf, resources or {}, resource_types)
     pickler.dump(obj)
     return Pickled(buf.getvalue(), pickler.placeholders, pickler.objects, pickler.named_tuples)
@@ -412,7 +489,17 @@ class Header:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME = r"[^\W\d]\w*"  # an identifier, Unicode letters included
+# module:qualname; qualnames may hold ``<locals>`` and ``<lambda>`` parts.
+TARGET_PATTERN = re.compile(
+    rf"{_NAME}(?:\.{_NAME})*:(?:{_NAME}|<[a-z]+>)(?:\.(?:{_NAME}|<[a-z]+>))*"
+)
+_MAX_DURATION = 86_400.0 * 365  # a year: anything longer is junk, not a measurement
+_MAX_TIMESTAMP = 1e11  # about the year 5138; datetime overflows long after
 
 
 def encode(
@@ -571,6 +658,12 @@ def _check_fields(fields: Mapping[str, Any], path: str | None) -> None:
         value = fields.get(key)
         if not isinstance(value, str) or not value or len(value) > 1000:
             raise bad(f"field {key!r} missing or mistyped")
+    # Paths (pull cache, history, profiles, slots) are built from these two: a strict
+    # pattern keeps ``../x``, ``/tmp/x``, NUL and control bytes out of every path.
+    if not ID_PATTERN.fullmatch(fields["id"]):
+        raise bad("field 'id' is not a snapshot id (1-64 of A-Z a-z 0-9 _ -)")
+    if not TARGET_PATTERN.fullmatch(fields["target"]):
+        raise bad("field 'target' is not 'module:qualname'")
     payload = fields.get("payload")
     if not isinstance(payload, dict):
         raise bad("field 'payload' missing or mistyped")
@@ -590,8 +683,8 @@ def _check_fields(fields: Mapping[str, Any], path: str | None) -> None:
     optional: dict[str, Callable[[Any], bool]] = {
         "async": lambda v: isinstance(v, bool),
         "keep_result": lambda v: isinstance(v, bool),
-        "duration": lambda v: v is None or _is_number(v),
-        "captured_at": lambda v: v is None or _is_number(v),
+        "duration": lambda v: v is None or (_is_number(v) and 0 <= v <= _MAX_DURATION),
+        "captured_at": lambda v: v is None or (_is_number(v) and 0 <= v <= _MAX_TIMESTAMP),
         "pid": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
         "versions": lambda v: isinstance(v, dict),
         "placeholders": lambda v: isinstance(v, list) and all(isinstance(p, dict) for p in v),
@@ -665,6 +758,23 @@ class Snapshot:
 
     def args_digest(self) -> str:
         return hashlib.sha256(self.sections["args"]).hexdigest()
+
+
+def header_is_signed_by(header: Header, keyring: Keyring | None) -> bool:
+    """Whether the header carries a valid signature by one of ``keyring``'s keys.
+
+    Checks the header only (no payload): enough to trust its claims (``duration``) when
+    choosing which kept call a slower one replaces.
+    """
+    fields = dict(header.fields)
+    sig = fields.pop("sig", None)
+    if keyring is None or not isinstance(sig, dict):
+        return False
+    try:
+        keyring.verify(sig, (MAGIC, _canonical(fields)))
+    except SignatureError:
+        return False
+    return True
 
 
 def verify(
@@ -749,15 +859,43 @@ def _decompress(blob: bytes, meta: Mapping[str, Any], path: str | None) -> bytes
     limit = meta.get("raw_size")
     if not isinstance(limit, int) or limit < 0:
         raise SnapshotError(f"section {meta['name']!r} has no raw size", path=path)
+    cap = max_payload_bytes()
+    if limit > cap:
+        raise SnapshotError(
+            f"section {meta['name']!r} declares {limit} bytes uncompressed, over the "
+            f"{cap}-byte limit ({MAX_PAYLOAD_ENV})",
+            path=path,
+        )
+    # Streamed in chunks: memory follows what the data really holds, never what the
+    # header (or the zstd frame) claims, and it stops one byte past the declared size.
+    out = bytearray()
     try:
-        raw = zstd.ZstdDecompressor().decompress(blob, max_output_size=limit)
+        with zstd.ZstdDecompressor().stream_reader(blob) as reader:
+            while len(out) <= limit:
+                chunk = reader.read(min(1 << 20, limit + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
     except Exception as exc:
         raise SnapshotError(
             f"cannot decompress section {meta['name']!r}: {exc}", path=path
         ) from None
-    if len(raw) != limit:
+    if len(out) != limit:
         raise SnapshotError(f"section {meta['name']!r} decompressed to the wrong size", path=path)
-    return bytes(raw)
+    return bytes(out)
+
+
+MAX_PAYLOAD_ENV = "PERFREPLAY_MAX_PAYLOAD_BYTES"
+_DEFAULT_MAX_PAYLOAD = 256 << 20
+
+
+def max_payload_bytes() -> int:
+    """The largest payload loaded or pulled (256 MiB; ``PERFREPLAY_MAX_PAYLOAD_BYTES``)."""
+    raw = os.environ.get(MAX_PAYLOAD_ENV, "").strip()
+    try:
+        return int(raw) if raw else _DEFAULT_MAX_PAYLOAD
+    except ValueError:
+        raise SnapshotError(f"{MAX_PAYLOAD_ENV} must be a number of bytes, got {raw!r}") from None
 
 
 def new_snapshot_id() -> str:

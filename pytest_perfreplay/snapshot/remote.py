@@ -52,7 +52,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PerfReplayError, SnapshotError, StoreError
-from .format import MAGIC, SUFFIX, Header, Keyring, read_header, verify
+from .format import (
+    MAGIC,
+    MAX_HEADER_BYTES,
+    SUFFIX,
+    Header,
+    Keyring,
+    header_is_signed_by,
+    max_payload_bytes,
+    parse_header,
+    read_header,
+    verify,
+)
 from .store import (
     DEFAULT_ROOT,
     SLOT_PREFIX,
@@ -65,6 +76,7 @@ from .store import (
 )
 
 log = logging.getLogger("pytest_perfreplay.remote")
+_PULL_BATCH_BYTES = 64 << 20  # one pull batch holds at most this much in memory
 
 ENDPOINT_ENV = "PERFREPLAY_S3_ENDPOINT"
 FLUSH_TIMEOUT_ENV = "PERFREPLAY_FLUSH_TIMEOUT"
@@ -379,6 +391,7 @@ class _Counters:
     dropped_quota: int = 0
     dropped_duplicate: int = 0
     dropped_off: int = 0
+    dropped_at_exit: int = 0
     transient_errors: int = 0
     last_error: str | None = None
 
@@ -443,6 +456,7 @@ class RemoteStore:
         self.options = dict(storage_options(self.url) if options is None else options)
         m = _SCHEME.match(self.url)
         self.protocol = m.group(1).lower() if m else "file"
+        self._slot_keyring: Keyring | None = None  # set by capture: the keys it signs with
         self._init_process_state()
         _INSTANCES.add(self)
 
@@ -478,6 +492,7 @@ class RemoteStore:
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
         self._wake = threading.Event()
+        self._draining = 0  # flushes waiting now: retries skip the backoff
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_bytes = 0
         self._inflight = False
@@ -607,24 +622,32 @@ class RemoteStore:
         if not self.flush(self.flush_timeout):
             with self._cond:
                 left = len(self._queue)
+                self.counters.dropped_at_exit += left
             log.warning(
-                "perfreplay: %d snapshot(s) not uploaded to %s within %.1fs at exit",
+                "perfreplay: %d snapshot(s) dropped: not uploaded to %s within %.1fs at exit (%s)",
                 left,
                 self.url,
                 self.flush_timeout,
+                self.counters.last_error or "no error recorded",
             )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the queue is empty (True) or ``timeout`` passes (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._wake.set()  # cut a backoff sleep short: the caller is waiting
-        with self._cond:
-            while (self._queue or self._inflight) and self._off is None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return not self._queue and not self._inflight
+        # While someone waits, failed uploads retry at once instead of backing off: a
+        # backoff cut short once and then resumed would outlast the caller's timeout.
+        self._draining += 1
+        self._wake.set()
+        try:
+            with self._cond:
+                while (self._queue or self._inflight) and self._off is None:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return not self._queue and not self._inflight
+        finally:
+            self._draining -= 1
 
     def close(self) -> None:
         """Stop uploading in this process; queued snapshots are dropped (counted)."""
@@ -649,11 +672,16 @@ class RemoteStore:
             "dropped_quota": c.dropped_quota,
             "dropped_duplicate": c.dropped_duplicate,
             "dropped_off": c.dropped_off,
+            "dropped_at_exit": c.dropped_at_exit,
             "transient_errors": c.transient_errors,
             "last_error": c.last_error,
             "conditional": self._conditional_ok,
             "off": self._off,
         }
+
+    def trust_durations_from(self, keyring: Keyring | None) -> None:
+        """Only objects signed with these keys may claim a ``duration`` when replacing."""
+        self._slot_keyring = keyring
 
     def keyring(self, *, create: bool = False) -> Keyring | None:
         """The configured keyring. A fleet shares one key: there is no store-local key file.
@@ -703,6 +731,8 @@ class RemoteStore:
             if retry:
                 failures += 1
                 delay = min(self.max_backoff, 0.25 * 2 ** min(failures, 20))
+                if self._draining:
+                    delay = 0.05  # a flush is waiting: keep trying until its deadline
                 self._wake.wait(delay * random.uniform(0.5, 1.0))
                 self._wake.clear()
             else:
@@ -801,7 +831,10 @@ class RemoteStore:
             if etag not in self._durations:
                 try:
                     header = self.read_header(f"{folder[len(self._root) + 1 :]}/{name}")
-                    d = header.duration
+                    # Only a header signed with a fleet key may claim a duration: a planted
+                    # object saying ``duration: 1e308`` would otherwise hold its slot.
+                    keys = self._slot_keyring or self.keyring()
+                    d = header.duration if header_is_signed_by(header, keys) else None
                 except SnapshotError:
                     d = None
                 self._durations[etag] = -1.0 if d is None else d  # unreadable: replace first
@@ -915,13 +948,11 @@ class RemoteStore:
         n = int.from_bytes(head[len(MAGIC) : need], "big")
         if len(head) < need + n:
             head = fs.cat_file(path, start=0, end=need + n)
-        try:
-            fields = json.loads(head[need : need + n].decode("ascii"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise SnapshotError(f"corrupt header: {exc}", path=where) from None
-        if not isinstance(fields, dict):
-            raise SnapshotError("corrupt header: not a JSON object", path=where)
-        return Header(fields)
+        if n > MAX_HEADER_BYTES:
+            return read_header(head, path=where)[0]  # raises the precise SnapshotError
+        # The same checks as a local file (nesting, field types, id and target patterns),
+        # so one junk object cannot crash listing or escape ``prune --invalid``.
+        return parse_header(head[need : need + n], path=where)
 
     def delete(self, key: str) -> None:
         """Delete a snapshot object; a deleted slot is free for the next capture."""
@@ -972,10 +1003,30 @@ class RemoteStore:
                 report.present += 1
             else:
                 todo.append(e)
+        # Sizes come from the listing: an object too large to be a snapshot is refused
+        # before a byte of it is downloaded, and batches are bounded in bytes as well as
+        # in count, so memory stays near one batch whatever the bucket holds.
+        limit = max_payload_bytes() + MAX_HEADER_BYTES + 64
+        fitting = []
+        for e in todo:
+            if e.size > limit:
+                report.refused.append((e.key, f"{e.size} bytes, over the {limit}-byte limit"))
+            else:
+                fitting.append(e)
+        chunks: list[list[RemoteEntry]] = [[]]
+        held = 0
+        for e in fitting:
+            if chunks[-1] and (len(chunks[-1]) >= batch or held + e.size > _PULL_BATCH_BYTES):
+                chunks.append([])
+                held = 0
+            chunks[-1].append(e)
+            held += e.size
+        done = 0
         fs, root = self.filesystem()
         try:
-            for i in range(0, len(todo), batch):
-                chunk = todo[i : i + batch]
+            for chunk in chunks:
+                if not chunk:
+                    continue
                 try:
                     blobs = fs.cat([f"{root}/{e.key}" for e in chunk], on_error="return")
                 except Exception as exc:
@@ -990,8 +1041,9 @@ class RemoteStore:
                         kept = self._accept(e, data, dest, keys, allow_unsigned, since, report)
                         if kept is not None:
                             manifest[e.key] = (e.version, kept)
+                done += len(chunk)
                 if progress is not None:
-                    progress(min(i + batch, len(todo)), len(todo))
+                    progress(done, len(fitting))
         finally:
             if report.new:
                 _save_manifest(manifest_path, manifest)

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
 import itertools
+import logging
 import os
 import re
 import secrets
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SnapshotError, StoreError
-from .format import SUFFIX, Header, Keyring, read_header_file
+from .format import SUFFIX, Header, Keyring, header_is_signed_by, read_header_file
+from .keys import local_keyring
+
+log = logging.getLogger("pytest_perfreplay.capture")
 
 DEFAULT_ROOT = ".perfreplay"
 STORE_ENV = "PERFREPLAY_STORE"
@@ -49,13 +54,24 @@ TMP_PREFIX = ".tmp-"
 SLOT_PREFIX = "slot-"
 DEFAULT_BUDGET = 1 << 30  # 1 GiB for the whole store
 STALE_TMP_SECONDS = 3600.0
+_USAGE_RESCAN_SECONDS = 60.0
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def target_slug(target: str) -> str:
-    """``pkg.mod:Class.meth`` -> ``pkg.mod-Class.meth``: stable, filesystem-safe."""
-    return _SLUG.sub("_", target.replace(":", "-")).strip("._") or "target"
+    """``pkg.mod:Class.meth`` -> ``pkg.mod-Class.meth``: stable, filesystem-safe.
+
+    Names longer than a file name may be (255 bytes) keep a prefix and a hash of the whole.
+    """
+    slug = _SLUG.sub("_", target.replace(":", "-")).strip("._") or "target"
+    if len(slug) > _MAX_SLUG:
+        digest = hashlib.sha256(target.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        slug = f"{slug[: _MAX_SLUG - 17]}-{digest}"
+    return slug
+
+
+_MAX_SLUG = 200
 
 
 def slot_name(k: int) -> str:
@@ -68,6 +84,7 @@ class PutResult:
 
     outcome: str  # written | replaced | duplicate | not_slower | over_budget
     path: Path | None = None
+    freed: int = 0  # bytes of the file a replacement overwrote
 
     @property
     def stored(self) -> bool:
@@ -120,8 +137,9 @@ class Store:
     budget_bytes: int | None = field(default_factory=_default_budget, compare=False)
     view_ttl: float = field(default=1.0, compare=False)
     _views: dict[str, _View] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _usage: list[float] = field(default_factory=list, init=False, repr=False, compare=False)
+    _counter: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
     _swept: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    _keys: list[Keyring | None] = field(default_factory=list, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -160,63 +178,40 @@ class Store:
 
     @property
     def key_path(self) -> Path:
+        """Where older versions kept the store's own key (now never trusted by itself)."""
         return self.root / "key"
 
+    def trust_durations_from(self, keyring: Keyring | None) -> None:
+        """Only files signed with these keys may claim a ``duration`` in slot replacement."""
+        self._keys[:] = [keyring]
+
+    def _slot_keyring(self) -> Keyring | None:
+        if not self._keys:
+            try:
+                self._keys.append(self.keyring())
+            except StoreError:
+                self._keys.append(None)
+        return self._keys[0]
+
     def keyring(self, *, create: bool = False) -> Keyring | None:
-        """The configured keyring, else this store's own key (created 0600 on first capture).
+        """The keys this store signs and verifies with (see ``snapshot.keys``).
 
-        With no key configured, the store signs with its own random key, so files that a
-        process unable to read that key wrote (or changed) are refused. The key is only
-        trusted if it is a regular file owned by this user and readable by nobody else.
-        It never leaves the machine: ``pull`` and remote stores carry snapshots, not keys,
-        so snapshots from elsewhere need ``PERFREPLAY_KEY``/``PERFREPLAY_VERIFY_KEYS``.
+        The default key lives with the user (``$XDG_STATE_HOME/perfreplay/keys``), never
+        in the store, so a folder brought from elsewhere cannot bring its own trust.
         """
-        configured = Keyring.from_env()
-        if configured is not None:
-            return configured
-        try:
-            secret = self._read_key()
-        except FileNotFoundError:
-            if not create:
-                return None
-            self.ensure()
-            with contextlib.suppress(FileExistsError):  # another process won: use its key
-                write_atomic(self.key_path, secrets.token_hex(32).encode(), exclusive=True)
-            secret = self._read_key()
-        return Keyring.from_secrets(secret)
-
-    def _read_key(self) -> bytes:
-        try:
-            fd = os.open(self.key_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StoreError(f"cannot read the store key {self.key_path}: {exc}") from exc
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise StoreError(f"the store key {self.key_path} is not a regular file")
-            if hasattr(os, "getuid") and (
-                st.st_uid != os.getuid() or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
-            ):
-                raise StoreError(
-                    f"refusing the store key {self.key_path}: it must be owned by this user "
-                    f"and mode 0600 (it is {stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid}). "
-                    "A key others can read or write cannot vouch for anything; delete it, "
-                    "or set PERFREPLAY_KEY"
-                )
-            secret = os.read(fd, 4096).strip()
-        finally:
-            os.close(fd)
-        if len(secret) < 16:
-            raise StoreError(f"the store key {self.key_path} is too short; delete it")
-        return secret
+        return local_keyring(create=create)
 
     # -- snapshots ----------------------------------------------------------
 
     def _target_folder(self, target: str) -> Path:
         folder = self.target_dir(target)
         if not folder.is_dir():
+            if self._views and not self.root.is_dir():
+                # Deleted under a running process. The key lives with the user, so files
+                # written from now on still verify; say so once, and start afresh.
+                log.warning("perfreplay: the store %s was deleted; recreating it", self.root)
+                self._views.clear()
+                self._counter.clear()  # the open counter file went with it
             self.ensure()
             make_private_dirs(folder)
         return folder
@@ -263,8 +258,29 @@ class Store:
         view = self._view(folder)
         if digest is not None and any(e.digest == digest for e in view.entries.values()):
             return PutResult("duplicate")
-        if not self._within_budget(len(data)):
+        if not self._reserve(len(data)):
             return PutResult("over_budget")
+        result = self._put_reserved(folder, view, data, quota, duration, digest, fsync)
+        # Settle the reservation: nothing written gives it back, a replacement frees the
+        # victim's bytes.
+        if result.outcome == "written":
+            self._settle(0)
+        elif result.outcome == "replaced":
+            self._settle(-result.freed)
+        else:
+            self._settle(-len(data))
+        return result
+
+    def _put_reserved(
+        self,
+        folder: Path,
+        view: _View,
+        data: bytes,
+        quota: int,
+        duration: float,
+        digest: str | None,
+        fsync: bool,
+    ) -> PutResult:
         if len(view.entries) < quota:
             start = view.hint if view.hint < quota else 0
             for k in itertools.chain(range(start, quota), range(start)):
@@ -321,7 +337,7 @@ class Store:
             return PutResult("not_slower")
         write_atomic(path, data, fsync=fsync)
         self._remember(view, path, duration, digest, len(data), replaced=fresh.size)
-        return PutResult("replaced", path)
+        return PutResult("replaced", path, freed=fresh.size)
 
     def _remember(
         self,
@@ -339,8 +355,6 @@ class Store:
         view.entries[path.name] = _Entry(
             (st.st_ino, st.st_size, st.st_mtime_ns), duration, digest, size
         )
-        if self._usage:
-            self._usage[1] += size - replaced
 
     def _view(self, folder: Path, *, force: bool = False) -> _View:
         view = self._views.setdefault(folder.name, _View())
@@ -371,8 +385,7 @@ class Store:
         view.refreshed = now
         return view
 
-    @staticmethod
-    def _entry(path: Path) -> _Entry | None:
+    def _entry(self, path: Path) -> _Entry | None:
         try:
             st = path.stat()
         except OSError:
@@ -382,6 +395,9 @@ class Store:
             header = read_header_file(path)
         except SnapshotError:
             return _Entry(key, -1.0, None, st.st_size)  # unreadable: replaced first
+        if not header_is_signed_by(header, self._slot_keyring()):
+            # A file nobody here signed cannot claim a long duration to squat a slot.
+            return _Entry(key, -1.0, None, st.st_size)
         duration = header.duration
         return _Entry(key, -1.0 if duration is None else duration, header.args_digest, st.st_size)
 
@@ -395,13 +411,56 @@ class Store:
                 total += p.stat().st_size
         return total
 
-    def _within_budget(self, size: int) -> bool:
+    # The budget holds across processes: usage lives in a shared counter file,
+    # ``.usage``, read and updated under an exclusive ``flock``; a writer reserves its
+    # bytes before writing and settles after. The counter is rebuilt from a scan when
+    # missing or older than a minute (so deletions by ``prune`` are seen); between scans
+    # it can only over-count, which under-fills the budget and never overshoots it.
+
+    @contextlib.contextmanager
+    def _usage_counter(self) -> Iterator[list[int]]:
+        fd = self._usage_fd()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.pread(fd, 64, 0).split()
+            st = os.fstat(fd)
+            fresh = len(raw) == 1 and time.time() - st.st_mtime < _USAGE_RESCAN_SECONDS
+            value = [int(raw[0]) if fresh and raw[0].isdigit() else self.usage()]
+            before = value[0]
+            yield value
+            if value[0] != before or not fresh:
+                # Fixed width, so an in-place write needs no truncate (slow on some
+                # filesystems: milliseconds on overlayfs).
+                os.pwrite(fd, b"%020d" % max(0, value[0]), 0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _usage_fd(self) -> int:
+        """The counter file, opened once per process (``open`` is the costly call)."""
+        pid = os.getpid()
+        if self._counter and self._counter[0] == pid:
+            return self._counter[1]
+        self.ensure()
+        path = self.root / ".usage"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        os.set_inheritable(fd, False)
+        self._counter[:] = [pid, fd]
+        return fd
+
+    def _reserve(self, size: int) -> bool:
         if self.budget_bytes is None:
             return True
-        now = time.monotonic()
-        if not self._usage or now - self._usage[0] > 5.0:
-            self._usage[:] = [now, float(self.usage())]
-        return self._usage[1] + size <= self.budget_bytes
+        with self._usage_counter() as usage:
+            if usage[0] + size > self.budget_bytes:
+                return False
+            usage[0] += size
+        return True
+
+    def _settle(self, delta: int) -> None:
+        if self.budget_bytes is None or delta == 0:
+            return
+        with contextlib.suppress(OSError), self._usage_counter() as usage:
+            usage[0] += delta
 
     # -- listing and cleaning -----------------------------------------------
 
@@ -459,7 +518,9 @@ class Store:
     def forget(self) -> None:
         """Drop cached views (after pruning or other out-of-band changes)."""
         self._views.clear()
-        self._usage.clear()
+        if self.budget_bytes is not None and self.root.is_dir():
+            with contextlib.suppress(OSError), self._usage_counter() as usage:
+                usage[0] = self.usage()  # files were deleted: count again, for every process
 
 
 def _writer_alive(tmp_name: str) -> bool:
