@@ -97,6 +97,9 @@ class _State:
     def get_store(self) -> Any:
         if self.store is None:
             self.store = _open_store(os.environ.get("PERFREPLAY_STORE") or None)
+            where = getattr(self.store, "root", None) or getattr(self.store, "url", self.store)
+            # Once per process: a service started elsewhere would otherwise write unseen.
+            log.warning("perfreplay: capturing into %s (PERFREPLAY_STORE changes it)", where)
         return self.store
 
     def get_keyring(self) -> Keyring:
@@ -509,6 +512,10 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
         fields = dict(site.static())
         redactions = list(pending.redactions)
         fields["keep_result"] = False
+        # The outcome's kind costs a few bytes and lets replay expect the same exception.
+        fields["outcome"] = "return" if outcome[0] else "raise"
+        if not outcome[0]:
+            fields["raised"] = _describe_exception(outcome[1])[0]
         if site.keep_result:
             kept = _keep_result(site, outcome, redactions)
             if isinstance(kept, bytes):
@@ -782,12 +789,10 @@ def patch_targets(targets: Iterable[str] | Mapping[str, Mapping[str, Any]]) -> l
 
 
 def _patch_env_targets() -> None:
-    raw = os.environ.get(TARGETS_ENV, "")
-    specs = [s.strip() for s in raw.split(",") if s.strip()]
-    if not specs:
-        return
     try:
-        patch_targets(specs)
+        specs = _targets.parse_env(os.environ.get(TARGETS_ENV, ""))
+        if specs:
+            patch_targets(specs)
     except Exception as exc:  # a typo in an env var must not stop the service
         log.warning("perfreplay: %s ignored: %s", TARGETS_ENV, exc)
 

@@ -26,8 +26,12 @@ from .call import (
 )
 from .config import ReplayConfig
 from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
+from .imports import add_import_roots
+from .outcome import check_outcome
+from .resources import fresh_resources, run_setup
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
+from .sanity import sanity_note
 from .session import ItemOutcome, ReplayFailure, ReplaySession, replay_session
 from .stats import Comparison, compare, compare_groups, preload_scipy, session_drift
 
@@ -121,6 +125,7 @@ class SnapshotItem(pytest.Function):
             if self.load_error is not None:
                 raise ReplayFailure(_paragraph("cannot read this snapshot", self.load_error))
             snapshot = load_snapshot(self.snapshot_path, state)
+            add_import_roots(snapshot.header.target, self.config.rootpath)
             try:
                 func = resolve_target(snapshot.header.target)
             except SnapshotError as exc:
@@ -194,7 +199,10 @@ def replay_snapshot(
     mismatch = python_mismatch(snapshot)
     if mismatch:
         outcome.notes.append(mismatch)
-    bindings = _bindings(request, snapshot)
+    run_setup(request)  # perf_replay_setup: before anything is unpickled
+    bindings = fresh_resources(request, snapshot.header.placeholders) or _bindings(
+        request, snapshot
+    )
     replayer = Replayer(snapshot, func, bindings, gc_policy=cfg.gc)
     try:
         return _run(request, replayer, benchmark, state, outcome, snapshot, func, target, policy)
@@ -232,6 +240,9 @@ def _run(
     policy = policy or cfg.policy()
     result = _time(replayer, state, outcome, snapshot, func, target, policy)
     outcome.rounds = result
+    suspect = sanity_note(snapshot.header, result.interval.estimate)
+    if suspect:
+        outcome.notes.append(suspect)
     _report_to_benchmark(benchmark, result, snapshot, target, outcome)
 
     ledger = Ledger.for_snapshot(state.store.history_dir, target, snapshot.id)
@@ -274,6 +285,8 @@ def _run(
             code_hash=current_code,
         )
     )
+    if cfg.strict and suspect:
+        raise ReplayFailure(f"perfreplay sanity check failed (--perf-replay-strict): {suspect}")
     if cfg.strict and not result.target_met:
         raise ReplayFailure(
             f"precision target missed (--perf-replay-strict): reached "
@@ -335,8 +348,7 @@ def _check_result(
 ) -> None:
     cfg = state.config
     if not snapshot.header.has_result or not cfg.check_result:
-        if not first.ok:
-            raise first.value
+        outcome.result_check = check_outcome(snapshot.header, first)
         return
     expected = snapshot.load_result()
     try:
