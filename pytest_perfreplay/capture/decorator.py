@@ -55,6 +55,7 @@ from .redact import (
     scrub_call,
     scrub_positions,
 )
+from .roundtrip import RoundTrips
 
 log = logging.getLogger("pytest_perfreplay.capture")
 
@@ -128,6 +129,7 @@ def _open_store(where: str | os.PathLike[str] | None) -> Any:
 
 
 _STATE = _State()
+_ROUNDTRIPS = RoundTrips()
 _local = threading.local()
 
 
@@ -136,6 +138,7 @@ def _after_fork_in_child() -> None:
     _STATE.lock = threading.Lock()
     _STATE.pid = os.getpid()
     _local.__dict__.clear()
+    _ROUNDTRIPS.after_fork()
     if isinstance(_STATE.store, Store):
         _STATE.store.after_fork()
 
@@ -205,6 +208,8 @@ def _reset() -> None:
     for f in dataclass_fields(_State):
         setattr(_STATE, f.name, getattr(fresh, f.name))
     _local.__dict__.clear()
+    _LOGGED.clear()
+    _ROUNDTRIPS.reset()
     _targets.clear_pending()
 
 
@@ -353,6 +358,7 @@ class _Site:
     signature: inspect.Signature | None = None
     static_fields: dict[str, Any] | None = None
     warned_unpicklable: bool = False
+    receiver: str | None = None
 
     def static(self) -> dict[str, Any]:
         if self.static_fields is None:
@@ -370,6 +376,11 @@ class _Site:
         return self.static_fields
 
     def resource_ids(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[int, str]:
+        if self.receiver and args:  # `self` becomes a placeholder, rebuilt from a fixture
+            return {id(args[0]): self.receiver, **self._resource_ids(args, kwargs)}
+        return self._resource_ids(args, kwargs)
+
+    def _resource_ids(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[int, str]:
         if not self.resources:
             return {}
         if self.signature is None:
@@ -399,6 +410,9 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
     """Serialize the arguments *before* the call, so mutation cannot change what is kept."""
     if getattr(_local, "busy", False):
         return None  # pickling ran user code that called a decorated function
+    if _ROUNDTRIPS.blocked(site.target):
+        _STATE.skip("cannot_replay")  # its first snapshot did not unpickle: said once
+        return None
     _local.busy = True
     try:
         redactions: list[dict[str, str]] = []
@@ -431,6 +445,12 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         return _Pending(site, pickled.data, placeholders, redactions)
     except PayloadTooLarge:
         _STATE.skip("too_large")
+        _log_once(
+            site,
+            "too_large",
+            f"the arguments of {site.target} pickle to more than max_bytes={site.max_bytes} "
+            "bytes (pickling stopped there); raise max_bytes to keep such calls",
+        )
         return None
     except RedactionError as exc:
         _STATE.skip("redaction")
@@ -442,6 +462,15 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         return None
     finally:
         _local.busy = False
+
+
+_LOGGED: set[tuple[str, str]] = set()  # (target, kind): loud skips, once per target
+
+
+def _log_once(site: _Site, kind: str, message: str) -> None:
+    if (site.target, kind) not in _LOGGED:
+        _LOGGED.add((site.target, kind))
+        log.warning("perfreplay: %s; such calls are skipped (counted in stats())", message)
 
 
 def _warn_once(site: _Site, message: str) -> None:
@@ -533,29 +562,69 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
             placeholders=pending.placeholders,
             redactions=redactions,
         )
-        data, header = encode_parts(
-            fields, sections, keyring=state.get_keyring(), compress=site.compress
-        )
-        digest = header["payload"]["sections"][0]["sha256"]
-        result = store.put_snapshot(
-            site.target,
-            data,
-            quota=site.max_snapshots,
-            duration=duration,
-            digest=digest,
-            fsync=state.fsync,
-        )
-        if result.outcome == "written":
-            state.captured += 1
-        elif result.outcome == "replaced":
-            state.captured += 1
-            state.replaced += 1
-        else:
-            state.skip(result.outcome)
+        if _ROUNDTRIPS.claim(site.target):
+            # The first of this target in this process: checked off the call path first.
+            _ROUNDTRIPS.submit(
+                site.target,
+                pending.payload,
+                lambda extra: _store_checked(site, {**fields, **extra}, sections, duration),
+                hint=_receiver_hint(site),
+            )
+            return
+        _store(site, fields, sections, duration)
     except Exception as exc:
         _contain(exc, f"writing a snapshot of {site.target}")
     finally:
         _local.busy = False
+
+
+def _store(
+    site: _Site, fields: dict[str, Any], sections: dict[str, bytes], duration: float
+) -> None:
+    state = _STATE
+    data, header = encode_parts(
+        fields, sections, keyring=state.get_keyring(), compress=site.compress
+    )
+    digest = header["payload"]["sections"][0]["sha256"]
+    result = state.get_store().put_snapshot(
+        site.target,
+        data,
+        quota=site.max_snapshots,
+        duration=duration,
+        digest=digest,
+        fsync=state.fsync,
+    )
+    if result.outcome == "written":
+        state.captured += 1
+    elif result.outcome == "replaced":
+        state.captured += 1
+        state.replaced += 1
+    else:
+        state.skip(result.outcome)
+
+
+def _store_checked(
+    site: _Site, fields: dict[str, Any], sections: dict[str, bytes], duration: float
+) -> None:
+    """From the round-trip thread: write, contained like any capture step."""
+    _local.busy = True
+    try:
+        _store(site, fields, sections, duration)
+    except Exception as exc:
+        _contain(exc, f"writing a snapshot of {site.target}")
+    finally:
+        _local.busy = False
+
+
+def _receiver_hint(site: _Site) -> str:
+    if "." not in site.target.partition(":")[2] or site.param_names[:1] != ("self",):
+        return ""
+    return (
+        f" If the receiver `self` is what fails, keep it as a placeholder and rebuild it "
+        f'at replay from a fixture: receiver = "NAME" in [tool.perfreplay.targets."'
+        f'{site.target}"] (or @capture(receiver="NAME")), and a fixture NAME (or '
+        "NAME_factory) in the rootdir conftest.py"
+    )
 
 
 def _keep_result(
@@ -690,6 +759,7 @@ def capture(
     name: str | None = ...,
     tags: Iterable[str] = ...,
     force: bool = ...,
+    receiver: str | None = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -708,6 +778,7 @@ def capture(
     name: str | None = None,
     tags: Iterable[str] = (),
     force: bool = False,
+    receiver: str | None = None,
 ) -> Any:
     """Keep real calls' arguments as signed snapshots; off unless ``PERFREPLAY_CAPTURE=1``.
 
@@ -723,7 +794,9 @@ def capture(
       on top of the default denylist; ``False`` turns redaction off;
     * ``resources``: parameter names that are live resources, kept as placeholders that
       replay binds to the pytest fixture of the same name;
-    * ``compress``: zstd the payload; ``name``/``tags``: labels stored in the header.
+    * ``compress``: zstd the payload; ``name``/``tags``: labels stored in the header;
+    * ``receiver``: for a method whose ``self`` does not survive pickling, keep ``self`` as
+      a placeholder that replay binds to the fixture of this name.
 
     When capture is off at decoration time the function comes back untouched;
     ``force=True`` wraps it anyway so that a later ``configure(enabled=True)`` applies.
@@ -770,6 +843,7 @@ def capture(
             redactor=redactor,
             param_names=names,
             denied=denied_positions(redactor, names) if redactor is not None else (),
+            receiver=receiver,
         )
         return _make_wrapper(site)
 

@@ -1,7 +1,7 @@
 """Per-target options from ``[tool.perfreplay.targets."pkg.mod:func"]`` in pyproject.toml.
 
-Read by ``perfreplay run`` (capture options) and by the pytest side (replay options such
-as ``receiver``). Standard library only, like the rest of ``capture/``.
+Read by ``perfreplay run``, and by the pytest plugin when capture is on in a test session
+(``PERFREPLAY_CAPTURE=1 pytest``). Standard library only, like the rest of ``capture/``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ CAPTURE_OPTIONS: dict[str, tuple[type, ...]] = {
     "compress": (bool,),
     "name": (str,),
     "tags": (list,),
+    "receiver": (str,),
 }
 # Options only replay reads.
-REPLAY_OPTIONS: dict[str, tuple[type, ...]] = {"receiver": (str,)}
+REPLAY_OPTIONS: dict[str, tuple[type, ...]] = {}
 
 
 class OptionsError(ValueError):
@@ -96,3 +97,17 @@ def configured_targets(start: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def capture_only(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in CAPTURE_OPTIONS}
+
+
+def apply_configured(start: Path | None = None) -> list[str]:
+    """Capture the pyproject targets in this process, unless PERFREPLAY_TARGETS names some."""
+    import os
+
+    from .decorator import _STATE, TARGETS_ENV, patch_targets
+
+    if not _STATE.active or os.environ.get(TARGETS_ENV):
+        return []
+    configured = configured_targets(start)
+    if configured:
+        patch_targets({t: capture_only(o) for t, o in configured.items()})
+    return list(configured)

@@ -27,7 +27,7 @@ from .call import (
 from .config import ReplayConfig
 from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
 from .imports import add_import_roots
-from .outcome import check_outcome
+from .outcome import cannot_replay, check_outcome
 from .resources import fresh_resources, run_setup
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
@@ -114,6 +114,9 @@ class SnapshotItem(pytest.Function):
     # -- the work -------------------------------------------------------------
 
     def replay(self, request: pytest.FixtureRequest, benchmark: Any) -> None:
+        reason = cannot_replay(self.header)
+        if reason:
+            pytest.skip(reason)
         state = self.session_state
         outcome = ItemOutcome(
             self.nodeid,

@@ -68,3 +68,16 @@ def check_outcome(header: Header, first: CallOutcome) -> str:
             message += "\n" + SETUP_HINT
         raise ResultMismatch(message)
     return "returned, as captured"
+
+
+def cannot_replay(header: Header | None) -> str | None:
+    """Why capture's round-trip check found this snapshot unloadable, or None."""
+    verdict = header.get("roundtrip") if header is not None else None
+    if not isinstance(verdict, dict) or verdict.get("ok") is not False:
+        return None
+    what = verdict.get("class") or "an object in its arguments"
+    return (
+        f"cannot replay: at capture, unpickling {what} failed ({verdict.get('error')}); "
+        "for a method whose receiver does not survive pickling, capture with "
+        'receiver = "NAME" and define the fixture NAME'
+    )
