@@ -398,7 +398,7 @@ def test_cli_and_pytest_find_the_same_store_from_a_subfolder(tmp_path: Path) -> 
     sub.mkdir()
     listed = sh([perfreplay(), "list"], sub)
     assert listed.returncode == 0 and "parser_mod:parse" in listed.stdout, listed.stderr
-    out = sh([pytest_exe(), "--perf-replay", "--collect-only", "-q", "-p", "no:cacheprovider"], sub)
+    out = sh([pytest_exe(), "--perf-replay", "--collect-only", "-p", "no:cacheprovider"], sub)
     assert f"store {root / '.perfreplay'}" in out.stdout, out.stdout
     assert "collected 2 items" in out.stdout
 

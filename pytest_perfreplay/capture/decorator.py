@@ -191,7 +191,12 @@ def configure(
 
 
 def stats() -> dict[str, Any]:
-    """Counters for this process: captured, skipped (by reason), failures, why it stopped."""
+    """Counters for this process: captured, skipped (by reason), failures, why it stopped.
+
+    Waits (bounded) for first snapshots still in their round-trip check, so the counts
+    include them.
+    """
+    _ROUNDTRIPS.drain()
     return {
         "active": _STATE.active,
         "captured": _STATE.captured,
