@@ -488,15 +488,18 @@ for who in ["a", "b", "c"]:
 def test_a_snapshot_that_cannot_unpickle_is_marked_logged_and_skipped(tmp_path: Path) -> None:
     root = project(tmp_path, **{"tpl.py": TEMPLATE, "traffic.py": TEMPLATE_TRAFFIC})
     out = capture_run(root, "tpl:Template.render", "traffic.py")
-    (only,) = headers(root)  # the first was checked and marked; no more were kept
-    verdict = only.get("roundtrip")
-    assert verdict["ok"] is False and verdict["class"] == "tpl.Template"
-    assert "missing 1 required positional argument: 'source'" in verdict["error"]
+    kept = headers(root)  # the first, and any kept while it was being checked: all marked
+    assert 1 <= len(kept) <= 3
+    for header in kept:
+        verdict = header.get("roundtrip")
+        assert verdict["ok"] is False and verdict["class"] == "tpl.Template"
+        assert "missing 1 required positional argument: 'source'" in verdict["error"]
     assert out.stderr.count("cannot replay: unpickling tpl.Template fails") == 1
     assert 'receiver = "NAME"' in out.stderr
     result = replay(root, "-rs")
     assert result.returncode == 0, result.stdout
-    assert "1 skipped" in result.stdout and "unpickling tpl.Template failed" in result.stdout
+    assert f"{len(kept)} skipped" in result.stdout
+    assert "unpickling tpl.Template failed" in result.stdout
 
 
 def test_a_receiver_captured_as_a_placeholder_is_rebuilt_from_a_fixture(
@@ -508,7 +511,7 @@ def test_a_receiver_captured_as_a_placeholder_is_rebuilt_from_a_fixture(
     env = clean_env(PYTHONPATH=str(root))
     out = sh([perfreplay(), "run", "--", sys.executable, "traffic.py"], root, env)
     assert out.returncode == 0, out.stderr
-    assert all(h.get("roundtrip") == {"ok": True} for h in headers(root)[:1])
+    assert len(headers(root)) == 3 and not any(h.get("roundtrip") for h in headers(root))
     (root / "conftest.py").write_text(
         "import pytest\nimport tpl\n\n\n@pytest.fixture\ndef template():\n"
         "    return tpl.Template('hello {name}')\n"

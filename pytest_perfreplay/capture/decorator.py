@@ -42,9 +42,10 @@ from ..snapshot.format import (
     host_name,
     new_snapshot_id,
     placeholder_is_auto,
+    read_header_file,
     runtime_versions,
 )
-from ..snapshot.store import Store
+from ..snapshot.store import Store, write_atomic
 from . import targets as _targets
 from .redact import (
     RedactionError,
@@ -567,25 +568,27 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
             placeholders=pending.placeholders,
             redactions=redactions,
         )
-        if _ROUNDTRIPS.claim(site.target):
-            # The first of this target in this process: checked off the call path first.
-            _ROUNDTRIPS.submit(
-                site.target,
-                pending.payload,
-                lambda extra: _store_checked(site, {**fields, **extra}, sections, duration),
-                hint=_receiver_hint(site),
-            )
-            return
-        _store(site, fields, sections, duration)
+        result = _store(site, fields, sections, duration)
+        if result.stored:
+            # The first kept of this target in this process: does it unpickle? Checked off
+            # the call path; a failure marks the header of every file kept meanwhile, and
+            # no more are kept.
+            path = getattr(result, "path", None)
+
+            def mark(verdict: dict[str, Any]) -> None:
+                _mark_unreplayable(site, fields, sections, path, verdict)
+
+            if _ROUNDTRIPS.claim(site.target):
+                _ROUNDTRIPS.submit(site.target, pending.payload, mark, _receiver_hint(site))
+            else:
+                _ROUNDTRIPS.also(site.target, mark)
     except Exception as exc:
         _contain(exc, f"writing a snapshot of {site.target}")
     finally:
         _local.busy = False
 
 
-def _store(
-    site: _Site, fields: dict[str, Any], sections: dict[str, bytes], duration: float
-) -> None:
+def _store(site: _Site, fields: dict[str, Any], sections: dict[str, bytes], duration: float) -> Any:
     state = _STATE
     data, header = encode_parts(
         fields, sections, keyring=state.get_keyring(), compress=site.compress
@@ -606,19 +609,36 @@ def _store(
         state.replaced += 1
     else:
         state.skip(result.outcome)
+    return result
 
 
-def _store_checked(
-    site: _Site, fields: dict[str, Any], sections: dict[str, bytes], duration: float
+def _mark_unreplayable(
+    site: _Site,
+    fields: dict[str, Any],
+    sections: dict[str, bytes],
+    path: Path | None,
+    verdict: dict[str, Any],
 ) -> None:
-    """From the round-trip thread: write, contained like any capture step."""
-    _local.busy = True
+    """From the round-trip thread: re-sign the kept file with the verdict in its header.
+
+    Only a local file can be rewritten in place (a remote upload is already queued): there
+    the log line and the stop are what remains.
+    """
+    if path is None:
+        return
     try:
-        _store(site, fields, sections, duration)
+        current = read_header_file(path)
+        if current.get("id") != fields.get("id"):
+            return  # replaced by a slower call meanwhile
+        data, _ = encode_parts(
+            {**fields, "roundtrip": verdict},
+            sections,
+            keyring=_STATE.get_keyring(),
+            compress=site.compress,
+        )
+        write_atomic(path, data, fsync=_STATE.fsync)
     except Exception as exc:
-        _contain(exc, f"writing a snapshot of {site.target}")
-    finally:
-        _local.busy = False
+        _contain(exc, f"marking the snapshot of {site.target}")
 
 
 def _receiver_hint(site: _Site) -> str:

@@ -2,10 +2,10 @@
 
 A receiver or argument whose class cannot be rebuilt from its pickle (a ``__new__`` that
 needs arguments, state built lazily by a metaclass) makes every snapshot of that target
-useless, and nothing would say so until replay. So the first snapshot of each target in a
-process is unpickled once, in a background thread, with a time bound, before it is
-written. A failure is logged in one line naming the class, marked in the header (replay
-skips such a file with the reason), and no more snapshots of that target are kept.
+useless, and nothing would say so until replay. So the first snapshot kept of each target in
+a process is unpickled once more, in a background thread, with a time bound. A failure is
+logged in one line naming the class, marked in that file's header (re-signed; replay skips
+such a file with the reason), and no more snapshots of that target are kept.
 
 Only the standard library: this runs inside services.
 """
@@ -25,7 +25,7 @@ log = logging.getLogger("pytest_perfreplay.capture")
 TIME_BOUND = 5.0  # seconds an unpickling may take before the snapshot is written unchecked
 _OWN = ("pytest_perfreplay.", "copyreg.", "builtins.", "cloudpickle.", "_codecs.")
 
-Write = Callable[[dict[str, Any]], None]  # writes the snapshot with these extra header fields
+OnFailure = Callable[[dict[str, Any]], None]  # marks the kept snapshot with the verdict
 
 
 class _Recorder(pickle.Unpickler):
@@ -68,6 +68,7 @@ class RoundTrips:
         self.lock = threading.Lock()
         self.started: set[str] = set()
         self.failed: dict[str, str] = {}  # target -> the one-line reason
+        self.checking: dict[str, list[OnFailure]] = {}  # target -> files kept meanwhile
         self.threads: list[threading.Thread] = []
         self._exit_hook = False
 
@@ -75,12 +76,14 @@ class RoundTrips:
         with self.lock:
             self.started.clear()
             self.failed.clear()
+            self.checking.clear()
             self.threads = []
 
     def after_fork(self) -> None:
         self.lock = threading.Lock()
         self.threads = []  # the parent's checks do not exist here; re-check in this process
         self.started.clear()
+        self.checking.clear()
 
     def blocked(self, target: str) -> bool:
         return target in self.failed
@@ -93,11 +96,19 @@ class RoundTrips:
             self.started.add(target)
             return True
 
-    def submit(self, target: str, payload: bytes, write: Write, hint: str = "") -> None:
-        """Check ``payload`` off the call path, then ``write`` it with the verdict."""
+    def also(self, target: str, on_failure: OnFailure) -> None:
+        """A later file of a target still being checked: marked too if the check fails."""
+        with self.lock:
+            if target in self.checking:
+                self.checking[target].append(on_failure)
+
+    def submit(self, target: str, payload: bytes, on_failure: OnFailure, hint: str = "") -> None:
+        """Check ``payload`` off the call path; on failure, log, block and ``on_failure``."""
+        with self.lock:
+            self.checking[target] = [on_failure]
         thread = threading.Thread(
             target=self._run,
-            args=(target, payload, write, hint),
+            args=(target, payload, on_failure, hint),
             name=f"perfreplay-roundtrip-{target}",
             daemon=True,
         )
@@ -108,7 +119,7 @@ class RoundTrips:
                 atexit.register(self.drain)
         thread.start()
 
-    def _run(self, target: str, payload: bytes, write: Write, hint: str) -> None:
+    def _run(self, target: str, payload: bytes, on_failure: OnFailure, hint: str) -> None:
         verdict: dict[str, Any] = {}
         loader = threading.Thread(
             target=lambda: verdict.update(unpickle_check(payload)),
@@ -117,20 +128,23 @@ class RoundTrips:
         )
         loader.start()
         loader.join(TIME_BOUND)
-        if loader.is_alive():
-            verdict = {"ok": None, "error": f"not checked: unpickling took over {TIME_BOUND:g} s"}
-        if verdict.get("ok") is False:
-            what = verdict.get("class") or "an object in the arguments"
-            reason = (
-                f"snapshots of {target} cannot replay: unpickling {what} fails "
-                f"({verdict.get('error')})"
-            )
+        if loader.is_alive() or verdict.get("ok") is not False:
+            with self.lock:
+                self.checking.pop(target, None)
+            return  # loads (or too slow to tell): nothing to say
+        what = verdict.get("class") or "an object in the arguments"
+        reason = (
+            f"snapshots of {target} cannot replay: unpickling {what} fails ({verdict.get('error')})"
+        )
+        with self.lock:
             self.failed[target] = reason
-            log.warning("perfreplay: %s; no more are kept for it.%s", reason, hint)
-        try:
-            write({"roundtrip": verdict})
-        except Exception as exc:  # containment: the service never sees this
-            log.warning("perfreplay: writing the checked snapshot of %s failed: %r", target, exc)
+            markers = self.checking.pop(target, [])
+        log.warning("perfreplay: %s; no more are kept for it.%s", reason, hint)
+        for mark in markers:
+            try:
+                mark(verdict)
+            except Exception as exc:  # containment: the service never sees this
+                log.warning("perfreplay: marking a snapshot of %s failed: %r", target, exc)
 
     def drain(self, timeout: float = TIME_BOUND + 1.0) -> None:
         """At exit: let pending checks write their snapshot (bounded)."""
