@@ -97,7 +97,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "store",
         f"snapshot store: a folder or a URL such as s3://bucket/prefix, pulled into a local "
-        f"cache first (default ${STORE_ENV} or {DEFAULT_ROOT})",
+        f"cache first (default ${STORE_ENV}, else the nearest {DEFAULT_ROOT} found upwards "
+        "from the current directory, like git)",
         None,
         str,
     ),
@@ -127,7 +128,14 @@ OPTIONS: tuple[_Option, ...] = (
         "0.02",
         _fraction,
     ),
-    _Option("strict", "fail an item whose precision target was missed", "false", _flag, True),
+    _Option(
+        "strict",
+        "fail an item whose precision target was missed, or whose estimate is more than 5x "
+        "away from the captured duration",
+        "false",
+        _flag,
+        True,
+    ),
     _Option(
         "allow-unsigned",
         "load unsigned snapshots (only from a source you trust)",
