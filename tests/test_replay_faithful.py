@@ -17,16 +17,12 @@ from pathlib import Path
 import pytest
 
 from pytest_perfreplay.capture import decorator
-from pytest_perfreplay.capture.options import OptionsError, configured_targets
-from pytest_perfreplay.capture.roundtrip import unpickle_check
 from pytest_perfreplay.replay.call import CallOutcome
-from pytest_perfreplay.replay.imports import add_import_roots
-from pytest_perfreplay.replay.outcome import check_outcome
-from pytest_perfreplay.replay.resources import consumable
 from pytest_perfreplay.replay.results import ResultMismatch
-from pytest_perfreplay.replay.sanity import sanity_note
 from pytest_perfreplay.snapshot.format import Header, dumps, read_header_file
-from pytest_perfreplay.snapshot.store import discover_root
+
+# Modules this feature added are imported inside the unit tests that use them, so that
+# the behavioural tests here run (and fail) on code without them.
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -125,6 +121,8 @@ def test_a_call_that_raised_in_production_replays_as_raised_and_passes(tmp_path:
 
 
 def test_a_different_outcome_is_a_result_check_failure() -> None:
+    from pytest_perfreplay.replay.outcome import check_outcome
+
     raised = Header({"id": "x", "target": "m:f", "outcome": "raise", "raised": "m.Err"})
     returned = Header({"id": "x", "target": "m:f", "outcome": "return"})
     with pytest.raises(ResultMismatch, match="replayed call returned instead"):
@@ -177,6 +175,8 @@ def test_a_replay_far_from_the_captured_duration_says_so_and_strict_fails(
 
 
 def test_sanity_note_is_quiet_within_the_band_and_explains_outside_it() -> None:
+    from pytest_perfreplay.replay.sanity import sanity_note
+
     h = Header(
         {
             "id": "x",
@@ -247,6 +247,8 @@ def test_a_factory_fixture_gives_each_round_its_own_resource(tmp_path: Path) -> 
 
 
 def test_consumable_types() -> None:
+    from pytest_perfreplay.replay.resources import consumable
+
     assert consumable("builtins.generator") and consumable("_io.TextIOWrapper")
     assert not consumable("sqlite3.Connection")
 
@@ -276,6 +278,8 @@ def test_the_first_replay_in_a_fresh_project_imports_the_target(
 
 
 def test_import_roots_leave_an_importable_module_alone(tmp_path: Path) -> None:
+    from pytest_perfreplay.replay.imports import add_import_roots
+
     assert add_import_roots("json:dumps", tmp_path) == []
     (tmp_path / "src").mkdir()
     before = list(sys.path)
@@ -353,6 +357,8 @@ def test_run_reads_targets_and_options_from_pyproject(tmp_path: Path) -> None:
 
 
 def test_pyproject_options_are_checked_with_one_line_errors(tmp_path: Path) -> None:
+    from pytest_perfreplay.capture.options import OptionsError, configured_targets
+
     (tmp_path / "pyproject.toml").write_text(
         '[tool.perfreplay.targets."m:f"]\nsample_rate = "often"\n'
     )
@@ -383,6 +389,8 @@ def test_perfreplay_targets_accepts_options_as_json(tmp_path: Path) -> None:
 
 
 def test_the_store_is_found_upwards_like_git(tmp_path: Path) -> None:
+    from pytest_perfreplay.snapshot.store import discover_root
+
     (tmp_path / "pyproject.toml").write_text("")
     deep = tmp_path / "a" / "b"
     deep.mkdir(parents=True)
@@ -530,4 +538,17 @@ def test_verify_load_reports_snapshots_that_cannot_replay(tmp_path: Path) -> Non
 
 
 def test_unpickle_check_names_the_class() -> None:
+    from pytest_perfreplay.capture.roundtrip import unpickle_check
+
     assert unpickle_check(dumps(([1, 2], {})).data) == {"ok": True}
+    verdict = unpickle_check(dumps(((NeedsSource("x"),), {})).data)
+    assert verdict["ok"] is False
+    assert verdict["class"] == f"{__name__}.NeedsSource"
+    assert verdict["error"].startswith("TypeError:")
+
+
+class NeedsSource:
+    def __new__(cls, source: str) -> NeedsSource:
+        obj = object.__new__(cls)
+        obj.source = source  # type: ignore[attr-defined]
+        return obj
