@@ -552,3 +552,17 @@ class NeedsSource:
         obj = object.__new__(cls)
         obj.source = source  # type: ignore[attr-defined]
         return obj
+
+
+def test_the_setup_hint_follows_the_cause_chain() -> None:
+    from pytest_perfreplay.errors import SnapshotError
+    from pytest_perfreplay.replay.outcome import setup_hint
+
+    try:
+        try:
+            raise AttributeError("'PythonLexer' object has no attribute '_tokens'")
+        except AttributeError as inner:
+            raise SnapshotError("cannot unpickle the 'args' section") from inner
+    except SnapshotError as outer:
+        assert "perf_replay_setup" in setup_hint(outer)
+    assert setup_hint(KeyError("k")) == "" and setup_hint(None) == ""

@@ -27,7 +27,7 @@ from .call import (
 from .config import ReplayConfig
 from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
 from .imports import add_import_roots
-from .outcome import cannot_replay, check_outcome
+from .outcome import cannot_replay, check_outcome, setup_hint
 from .resources import fresh_resources, run_setup
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
@@ -232,6 +232,7 @@ def _run(
         version = python_mismatch(snapshot)
         raise ReplayFailure(
             _paragraph("cannot unpickle the arguments", why + (f" ({version})" if version else ""))
+            + setup_hint(exc)
         ) from None
     outcome.mutated = mutated
     _check_result(request, snapshot, first, state, outcome)
@@ -358,14 +359,20 @@ def _check_result(
         custom = request.getfixturevalue("perf_replay_compare")
     except pytest.FixtureLookupError:
         custom = None
-    check_result(
-        expected,
-        first,
-        request.config,
-        compare=custom,
-        rel=cfg.result_rtol,
-        abs_=cfg.result_atol,
-    )
+    try:
+        check_result(
+            expected,
+            first,
+            request.config,
+            compare=custom,
+            rel=cfg.result_rtol,
+            abs_=cfg.result_atol,
+        )
+    except ResultMismatch as exc:
+        hint = "" if first.ok else setup_hint(first.value)
+        if not hint:
+            raise
+        raise ResultMismatch(f"{exc}{hint}") from None
     outcome.result_check = "same result as captured"
 
 

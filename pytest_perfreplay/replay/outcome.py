@@ -22,6 +22,15 @@ SETUP_HINT = (
 )
 
 
+def setup_hint(exc: BaseException | None) -> str:
+    """The pointer to ``perf_replay_setup`` when an AttributeError may come from lazy state."""
+    while exc is not None:
+        if isinstance(exc, AttributeError):
+            return "\n" + SETUP_HINT
+        exc = exc.__cause__
+    return ""
+
+
 def type_name(exc: BaseException) -> str:
     t = type(exc)
     return f"{t.__module__}.{t.__qualname__}"
@@ -64,9 +73,7 @@ def check_outcome(header: Header, first: CallOutcome) -> str:
     if not first.ok:
         exc = first.value
         message = f"captured call returned; the replayed call raised {type_name(exc)}: {exc}"
-        if isinstance(exc, AttributeError):
-            message += "\n" + SETUP_HINT
-        raise ResultMismatch(message)
+        raise ResultMismatch(message + setup_hint(exc))
     return "returned, as captured"
 
 
