@@ -61,8 +61,8 @@ def _activate(finder: _Deferred, fullname: str | None, path: Any, target: Any) -
 
 
 def _report_unimported(finder: _Deferred) -> None:
-    if finder.active:
-        return  # the capture package reports its own leftovers
+    if finder.active or "pytest_perfreplay.capture.targets" in sys.modules:
+        return  # the capture package was loaded (by us or the program): it reports these
     for name in sorted(finder.modules):
         if name not in sys.modules:
             print(
