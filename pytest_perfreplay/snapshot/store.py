@@ -114,14 +114,14 @@ def _default_budget() -> int | None:
     return parse_budget(raw)
 
 
-PROJECT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
+PROJECT_MARKERS = ("pyproject.toml", "pytest.ini", "tox.ini", "setup.cfg", "setup.py", ".git")
 
 
 def discover_root(start: str | os.PathLike[str] | None = None) -> Path:
     """Where the local store is when none is configured: found upwards, like git.
 
     The nearest ``.perfreplay`` folder from ``start`` (the current directory) up to the
-    project root (the first folder holding pyproject.toml, setup.cfg, setup.py or .git);
+    project root (the first folder holding one of PROJECT_MARKERS, as pytest's rootdir);
     with none, ``.perfreplay`` in that project root, else in ``start``. The CLI, the
     pytest plugin and capture all use this one rule, so they meet in one store.
     """
