@@ -8,6 +8,7 @@ import pytest
 
 from . import hookspecs
 from .capture.decorator import configure as configure_capture
+from .capture.options import OptionsError, apply_configured
 from .replay.config import ReplayConfig, add_options
 from .replay.fixture import perf_replay, perf_replay_compare
 from .replay.items import SnapshotCollector, SnapshotItem
@@ -29,6 +30,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "perfreplay: a benchmark item replayed from a snapshot")
     cfg = ReplayConfig.from_pytest(config)
     if not cfg.enabled:
+        try:  # capture on in a test session: [tool.perfreplay.targets] applies here too
+            apply_configured(config.rootpath)
+        except OptionsError as exc:
+            raise pytest.UsageError(str(exc)) from None
         return
     if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
         raise pytest.UsageError(

@@ -43,9 +43,10 @@ from ..snapshot.format import (
     host_name,
     new_snapshot_id,
     placeholder_is_auto,
+    read_header_file,
     runtime_versions,
 )
-from ..snapshot.store import Store
+from ..snapshot.store import Store, write_atomic
 from . import targets as _targets
 from .redact import (
     RedactionError,
@@ -57,6 +58,7 @@ from .redact import (
     scrub_positions,
     scrub_result,
 )
+from .roundtrip import RoundTrips
 
 log = logging.getLogger("pytest_perfreplay.capture")
 
@@ -115,6 +117,9 @@ class _State:
     def get_store(self) -> Any:
         if self.store is None:
             self.store = _open_store(os.environ.get("PERFREPLAY_STORE") or None)
+            where = getattr(self.store, "root", None) or getattr(self.store, "url", self.store)
+            # Once per process: a service started elsewhere would otherwise write unseen.
+            log.warning("perfreplay: capturing into %s (PERFREPLAY_STORE changes it)", where)
         return self.store
 
     def get_keyring(self) -> Keyring:
@@ -145,6 +150,7 @@ def _open_store(where: str | os.PathLike[str] | None) -> Any:
 
 
 _STATE = _State()
+_ROUNDTRIPS = RoundTrips()
 _local = threading.local()
 
 
@@ -153,6 +159,7 @@ def _after_fork_in_child() -> None:
     _STATE.lock = threading.Lock()
     _STATE.pid = os.getpid()
     _local.__dict__.clear()
+    _ROUNDTRIPS.after_fork()
     if isinstance(_STATE.store, Store):
         _STATE.store.after_fork()
 
@@ -205,7 +212,12 @@ def configure(
 
 
 def stats() -> dict[str, Any]:
-    """Counters for this process: captured, skipped (by reason), failures, why it stopped."""
+    """Counters for this process: captured, skipped (by reason), failures, why it stopped.
+
+    Waits (bounded) for first snapshots still in their round-trip check, so the counts
+    include them.
+    """
+    _ROUNDTRIPS.drain()
     return {
         "active": _STATE.active,
         "captured": _STATE.captured,
@@ -222,6 +234,8 @@ def _reset() -> None:
     for f in dataclass_fields(_State):
         setattr(_STATE, f.name, getattr(fresh, f.name))
     _local.__dict__.clear()
+    _LOGGED.clear()
+    _ROUNDTRIPS.reset()
     _targets.clear_pending()
 
 
@@ -384,6 +398,7 @@ class _Site:
     warned_unpicklable: bool = False
     failures: int = 0
     off: str | None = None  # why capture stopped for this target alone
+    receiver: str | None = None
 
     def static(self) -> dict[str, Any]:
         if self.static_fields is None:
@@ -401,6 +416,11 @@ class _Site:
         return self.static_fields
 
     def resource_ids(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[int, str]:
+        if self.receiver and args:  # `self` becomes a placeholder, rebuilt from a fixture
+            return {id(args[0]): self.receiver, **self._resource_ids(args, kwargs)}
+        return self._resource_ids(args, kwargs)
+
+    def _resource_ids(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[int, str]:
         if not self.resources:
             return {}
         if self.signature is None:
@@ -430,6 +450,9 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
     """Serialize the arguments *before* the call, so mutation cannot change what is kept."""
     if getattr(_local, "busy", False) or site.off is not None:
         return None  # pickling ran user code that called a decorated function
+    if _ROUNDTRIPS.blocked(site.target):
+        _STATE.skip("cannot_replay")  # its first snapshot did not unpickle: said once
+        return None
     _local.busy = True
     try:
         redactions: list[dict[str, str]] = []
@@ -475,6 +498,12 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         return _Pending(site, pickled.data, placeholders, redactions)
     except PayloadTooLarge:
         _STATE.skip("too_large")
+        _log_once(
+            site,
+            "too_large",
+            f"the arguments of {site.target} pickle to more than max_bytes={site.max_bytes} "
+            "bytes (pickling stopped there); raise max_bytes to keep such calls",
+        )
         return None
     except PickleBlocked as exc:
         _STATE.skip("blocked")
@@ -492,6 +521,15 @@ def _begin(site: _Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Pendi
         return None
     finally:
         _local.busy = False
+
+
+_LOGGED: set[tuple[str, str]] = set()  # (target, kind): loud skips, once per target
+
+
+def _log_once(site: _Site, kind: str, message: str) -> None:
+    if (site.target, kind) not in _LOGGED:
+        _LOGGED.add((site.target, kind))
+        log.warning("perfreplay: %s; such calls are skipped (counted in stats())", message)
 
 
 def _warn_once(site: _Site, message: str) -> None:
@@ -562,6 +600,10 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
         fields = dict(site.static())
         redactions = list(pending.redactions)
         fields["keep_result"] = False
+        # The outcome's kind costs a few bytes and lets replay expect the same exception.
+        fields["outcome"] = "return" if outcome[0] else "raise"
+        if not outcome[0]:
+            fields["raised"] = _describe_exception(outcome[1])[0]
         if site.keep_result:
             kept = _keep_result(site, outcome, redactions)
             if isinstance(kept, bytes):
@@ -579,29 +621,88 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
             placeholders=pending.placeholders,
             redactions=redactions,
         )
-        data, header = encode_parts(
-            fields, sections, keyring=state.get_keyring(), compress=site.compress
-        )
-        digest = header["payload"]["sections"][0]["sha256"]
-        result = store.put_snapshot(
-            site.target,
-            data,
-            quota=site.max_snapshots,
-            duration=duration,
-            digest=digest,
-            fsync=state.fsync,
-        )
-        if result.outcome == "written":
-            state.captured += 1
-        elif result.outcome == "replaced":
-            state.captured += 1
-            state.replaced += 1
-        else:
-            state.skip(result.outcome)
+        result = _store(site, fields, sections, duration)
+        if result.stored:
+            # The first kept of this target in this process: does it unpickle? Checked off
+            # the call path; a failure marks the header of every file kept meanwhile, and
+            # no more are kept.
+            path = getattr(result, "path", None)
+
+            def mark(verdict: dict[str, Any]) -> None:
+                _mark_unreplayable(site, fields, sections, path, verdict)
+
+            if _ROUNDTRIPS.claim(site.target):
+                _ROUNDTRIPS.submit(site.target, pending.payload, mark, _receiver_hint(site))
+            else:
+                _ROUNDTRIPS.also(site.target, mark)
     except BaseException as exc:  # the call already returned: nothing may replace that
         _contain(exc, f"writing a snapshot of {site.target}", site)
     finally:
         _local.busy = False
+
+
+def _store(site: _Site, fields: dict[str, Any], sections: dict[str, bytes], duration: float) -> Any:
+    state = _STATE
+    data, header = encode_parts(
+        fields, sections, keyring=state.get_keyring(), compress=site.compress
+    )
+    digest = header["payload"]["sections"][0]["sha256"]
+    result = state.get_store().put_snapshot(
+        site.target,
+        data,
+        quota=site.max_snapshots,
+        duration=duration,
+        digest=digest,
+        fsync=state.fsync,
+    )
+    if result.outcome == "written":
+        state.captured += 1
+    elif result.outcome == "replaced":
+        state.captured += 1
+        state.replaced += 1
+    else:
+        state.skip(result.outcome)
+    return result
+
+
+def _mark_unreplayable(
+    site: _Site,
+    fields: dict[str, Any],
+    sections: dict[str, bytes],
+    path: Path | None,
+    verdict: dict[str, Any],
+) -> None:
+    """From the round-trip thread: re-sign the kept file with the verdict in its header.
+
+    Only a local file can be rewritten in place (a remote upload is already queued): there
+    the log line and the stop are what remains.
+    """
+    if path is None:
+        return
+    try:
+        current = read_header_file(path)
+        if current.get("id") != fields.get("id"):
+            return  # replaced by a slower call meanwhile
+        data, _ = encode_parts(
+            {**fields, "roundtrip": verdict},
+            sections,
+            keyring=_STATE.get_keyring(),
+            compress=site.compress,
+        )
+        write_atomic(path, data, fsync=_STATE.fsync)
+    except Exception as exc:
+        _contain(exc, f"marking the snapshot of {site.target}", site)
+
+
+def _receiver_hint(site: _Site) -> str:
+    if "." not in site.target.partition(":")[2] or site.param_names[:1] != ("self",):
+        return ""
+    return (
+        f" If the receiver `self` is what fails, keep it as a placeholder and rebuild it "
+        f'at replay from a fixture: receiver = "NAME" in [tool.perfreplay.targets."'
+        f'{site.target}"] (or @capture(receiver="NAME")), and a fixture NAME (or '
+        "NAME_factory) in the rootdir conftest.py"
+    )
 
 
 def _keep_result(
@@ -746,6 +847,7 @@ def capture(
     name: str | None = ...,
     tags: Iterable[str] = ...,
     force: bool = ...,
+    receiver: str | None = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -764,6 +866,7 @@ def capture(
     name: str | None = None,
     tags: Iterable[str] = (),
     force: bool = False,
+    receiver: str | None = None,
 ) -> Any:
     """Keep real calls' arguments as signed snapshots; off unless ``PERFREPLAY_CAPTURE=1``.
 
@@ -779,7 +882,9 @@ def capture(
       on top of the default denylist; ``False`` turns redaction off;
     * ``resources``: parameter names that are live resources, kept as placeholders that
       replay binds to the pytest fixture of the same name;
-    * ``compress``: zstd the payload; ``name``/``tags``: labels stored in the header.
+    * ``compress``: zstd the payload; ``name``/``tags``: labels stored in the header;
+    * ``receiver``: for a method whose ``self`` does not survive pickling, keep ``self`` as
+      a placeholder that replay binds to the fixture of this name.
 
     When capture is off at decoration time the function comes back untouched;
     ``force=True`` wraps it anyway so that a later ``configure(enabled=True)`` applies.
@@ -827,6 +932,7 @@ def capture(
             redactor=redactor,
             param_names=names,
             denied=denied_positions(redactor, names) if redactor is not None else (),
+            receiver=receiver,
         )
         return _make_wrapper(site)
 
@@ -846,12 +952,10 @@ def patch_targets(targets: Iterable[str] | Mapping[str, Mapping[str, Any]]) -> l
 
 
 def _patch_env_targets() -> None:
-    raw = os.environ.get(TARGETS_ENV, "")
-    specs = [s.strip() for s in raw.split(",") if s.strip()]
-    if not specs:
-        return
     try:
-        patch_targets(specs)
+        specs = _targets.parse_env(os.environ.get(TARGETS_ENV, ""))
+        if specs:
+            patch_targets(specs)
     except Exception as exc:  # a typo in an env var must not stop the service
         log.warning("perfreplay: %s ignored: %s", TARGETS_ENV, exc)
 

@@ -7,9 +7,11 @@ passed in (``wrap``), so this module knows nothing of the decorator.
 
 from __future__ import annotations
 
+import atexit
 import importlib.abc
 import importlib.machinery
 import inspect
+import json
 import logging
 import sys
 import types
@@ -22,6 +24,20 @@ log = logging.getLogger("pytest_perfreplay.capture")
 Wrap = Callable[[Any, Mapping[str, Any]], Any]
 
 _PENDING: dict[str, list[tuple[str, Mapping[str, Any], Wrap]]] = {}
+
+
+def parse_env(raw: str) -> list[str] | dict[str, dict[str, Any]]:
+    """``PERFREPLAY_TARGETS``: a comma list, or a JSON object ``{target: {option: value}}``."""
+    raw = raw.strip()
+    if raw.startswith("{"):
+        try:
+            loaded = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+            raise ValueError('the JSON form is {"pkg.mod:func": {"option": value, ...}, ...}')
+        return {str(k): dict(v) for k, v in loaded.items()}
+    return [s.strip() for s in raw.split(",") if s.strip()]
 
 
 def parse_targets(
@@ -69,6 +85,25 @@ def clear_pending() -> None:
     _PENDING.clear()
 
 
+def finder_spec(
+    fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+) -> importlib.machinery.ModuleSpec | None:
+    """The spec of a pending target module, with the patching loader (for the boot hook)."""
+    return _FINDER.find_spec(fullname, path, target)
+
+
+def _report_unimported() -> None:
+    # Loud at exit: a typo in a module name would otherwise capture nothing, silently.
+    for module_name, pending in sorted(_PENDING.items()):
+        names = ", ".join(f"{module_name}:{q}" for q, _, _ in pending)
+        log.warning(
+            "perfreplay: capture target module %r was never imported by this program; "
+            "nothing was captured for %s",
+            module_name,
+            names,
+        )
+
+
 def _initializing(module: types.ModuleType) -> bool:
     spec = getattr(module, "__spec__", None)
     return bool(getattr(spec, "_initializing", False))
@@ -84,7 +119,11 @@ def _patch_one(
             owner = getattr(owner, part)
         original = inspect.getattr_static(owner, attr)
     except AttributeError:
-        log.warning("perfreplay: capture target %s:%s not found", module.__name__, qualname)
+        log.warning(
+            "perfreplay: capture target %s:%s not found (unknown name); nothing is captured for it",
+            module.__name__,
+            qualname,
+        )
         return False
     try:
         wrapped = wrap(original, options)
@@ -142,6 +181,12 @@ class _TargetFinder(importlib.abc.MetaPathFinder):
 _FINDER = _TargetFinder()
 
 
+_EXIT_REPORT: list[bool] = []
+
+
 def _install_finder() -> None:
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
+    if not _EXIT_REPORT:
+        _EXIT_REPORT.append(True)
+        atexit.register(_report_unimported)

@@ -88,6 +88,12 @@ def register(sub: Any) -> None:
         help="noise floor as a share of the per-call total (default 0.02 = 2%%)",
     )
     d.add_argument("--top", type=_positive_int, default=10, help="movers per list (10)")
+    d.add_argument(
+        "--store",
+        default=None,
+        help="store whose ledger holds the timed medians of OLD and NEW (default: found "
+        "upwards from here)",
+    )
     d.set_defaults(func=run_diff)
 
     m = actions.add_parser("merge", help="threads and runs in one file, frames de-duplicated")
@@ -189,10 +195,36 @@ def _calls(flag: int | None, doc: Mapping[str, Any], path: str, option: str) -> 
     return found
 
 
+def timed_medians(profiles: list[str], store: str | None) -> list[float | None]:
+    """The ledger's timed median (seconds) of the run that wrote each profile, when known."""
+    from ..snapshot.store import Store
+
+    wanted = {Path(p).resolve(): i for i, p in enumerate(profiles)}
+    found: list[float | None] = [None] * len(profiles)
+    history = Store.from_env(store).history_dir
+    for ledger in sorted(history.glob("*/*.jsonl")) if history.is_dir() else []:
+        try:
+            lines = ledger.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                where = Path(entry["profile"]).resolve() if entry.get("profile") else None
+                estimate = float(entry["estimate"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if where in wanted and estimate > 0:
+                found[wanted[where]] = estimate
+    return found
+
+
 def run_diff(args: argparse.Namespace) -> int:
     old, new = _read(args.old), _read(args.new)
     old_calls = _calls(args.old_calls, old, args.old, "--old-calls")
     new_calls = _calls(args.new_calls, new, args.new, "--new-calls")
+    medians = timed_medians([args.old, args.new], getattr(args, "store", None))
+    known = all(m is not None for m in medians)
     try:
         d = speedscope.diff(
             old,
@@ -202,6 +234,8 @@ def run_diff(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             name=f"diff: {Path(args.old).name} -> {Path(args.new).name} (per call)",
             exporter=EXPORTER,
+            old_per_call=medians[0] if known else None,
+            new_per_call=medians[1] if known else None,
         )
     except speedscope.SpeedscopeError as exc:
         raise PerfReplayError(str(exc)) from None

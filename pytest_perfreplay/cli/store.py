@@ -42,6 +42,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("verify", help="verify every snapshot; exits 1 if any fails")
     p.add_argument("--store", default=None, help=store_help)
     p.add_argument("--allow-unsigned", action="store_true", help="accept unsigned snapshots")
+    p.add_argument(
+        "--load",
+        action="store_true",
+        help="also unpickle each verified snapshot (in a child process) and report those "
+        "that cannot replay",
+    )
     p.set_defaults(func=run_verify)
 
     p = sub.add_parser("prune", help="delete snapshots by age, count or target")
@@ -301,6 +307,8 @@ def run_verify(args: argparse.Namespace) -> int:
     keyring = files.keyring()
     paths = files.refs()
     failed = 0
+    loadable: list[tuple[str, str, str]] = []
+    payloads: list[bytes] = []
     for path in paths:
         try:
             snapshot = verify(
@@ -320,7 +328,23 @@ def run_verify(args: argparse.Namespace) -> int:
             note = f" key {key_id} ({keyring.origin(key_id)})"
         else:
             note = " UNSIGNED (accepted by --allow-unsigned)"
+        if getattr(args, "load", False):
+            loadable.append((files.display(path), snapshot.header.target, note))
+            payloads.append(snapshot.sections["args"])
+            continue
         print(printable(f"ok   {files.display(path)} {snapshot.header.target}{note}"))
+    if payloads:
+        from .loadcheck import check_in_child
+
+        for (shown, target, note), verdict in zip(loadable, check_in_child(payloads), strict=True):
+            if verdict.get("ok") is False:
+                failed += 1
+                what = verdict.get("class") or "the arguments"
+                print(
+                    printable(f"FAIL {shown} {target}: cannot load {what}: {verdict.get('error')}")
+                )
+            else:
+                print(printable(f"ok   {shown} {target}{note} (loads)"))
     swept = files.sweep_tmp()
     print(
         f"\n{len(paths) - failed} ok, {failed} failed"

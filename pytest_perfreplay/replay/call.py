@@ -135,6 +135,9 @@ class Replayer:
         return self._is_async
 
     def fresh_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        renew = getattr(self.bindings, "renew", None)
+        if renew is not None:  # fresh live resources for every call (replay/resources.py)
+            renew()
         return self.snapshot.load_call(self.bindings)
 
     def _loop_get(self) -> asyncio.AbstractEventLoop:
@@ -208,6 +211,9 @@ class Replayer:
         return outcome, mutated
 
     def close(self) -> None:
+        close = getattr(self.bindings, "close", None)
+        if close is not None:
+            close()
         if self._loop is not None:
             self._loop.close()
             self._loop = None

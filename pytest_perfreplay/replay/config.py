@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ..snapshot.remote import default_cache, is_remote
-from ..snapshot.store import DEFAULT_ROOT, STORE_ENV
+from ..snapshot.store import DEFAULT_ROOT, STORE_ENV, discover_root
 from .rounds import RoundPolicy
 
 PROFILERS = ("auto", "py-spy", "pyinstrument")
@@ -121,7 +121,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "store",
         f"snapshot store: a folder or a URL such as s3://bucket/prefix, pulled into a local "
-        f"cache first (default ${STORE_ENV} or {DEFAULT_ROOT})",
+        f"cache first (default ${STORE_ENV}, else the nearest {DEFAULT_ROOT} found upwards "
+        "from the current directory, like git)",
         None,
         str,
     ),
@@ -151,7 +152,14 @@ OPTIONS: tuple[_Option, ...] = (
         "0.02",
         _fraction,
     ),
-    _Option("strict", "fail an item whose precision target was missed", "false", _flag, True),
+    _Option(
+        "strict",
+        "fail an item whose precision target was missed, or whose estimate is more than 5x "
+        "away from the captured duration",
+        "false",
+        _flag,
+        True,
+    ),
     _Option(
         "allow-unsigned",
         f"load unsigned snapshots (only from a source you trust); command line or "
@@ -345,13 +353,24 @@ class ReplayConfig:
             raise pytest.UsageError(
                 f"perf_replay_profile: {profiler!r} is not one of {', '.join(PROFILERS)}"
             )
-        store = v["store"] or os.environ.get(STORE_ENV) or DEFAULT_ROOT
+        here = Path(config.invocation_params.dir)
+        explicit = v["store"] or os.environ.get(STORE_ENV)
+        store = explicit or str(discover_root(here))
         store_url = store if is_remote(store) else None
-        store_path = (
-            default_cache(store, config.rootpath / DEFAULT_ROOT) if store_url else Path(store)
-        )
+        store_path = default_cache(store, discover_root(here)) if store_url else Path(store)
         if not store_path.is_absolute():
-            store_path = Path(config.rootpath) / store_path
+            store_path = here / store_path  # like the CLI: relative to where it was run
+        if (
+            explicit
+            and not store_url
+            and not store_path.is_dir()
+            and config.getoption("perf_replay")
+        ):
+            raise pytest.UsageError(
+                f"--perf-replay-store: {store_path} does not exist. Capture into it first, "
+                f"e.g. PERFREPLAY_STORE={store_path} perfreplay run --targets pkg.mod:func "
+                "-- python -m yourservice"
+            )
         if v["min-rounds"] > v["max-rounds"]:
             raise pytest.UsageError(
                 f"--perf-replay-min-rounds ({v['min-rounds']}) is larger than "

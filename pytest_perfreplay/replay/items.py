@@ -28,9 +28,13 @@ from .call import (
 )
 from .config import ReplayConfig
 from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
+from .imports import add_import_roots
+from .outcome import cannot_replay, check_outcome, setup_hint
 from .paireditem import GateFailure, baseline_profile, gate, report_paired, time_paired
+from .resources import fresh_resources, run_setup
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
+from .sanity import sanity_note
 from .session import ItemOutcome, ReplayFailure, ReplaySession, replay_session
 from .stats import Comparison, compare, compare_groups, preload_scipy, session_drift
 
@@ -126,6 +130,9 @@ class SnapshotItem(pytest.Function):
     # -- the work -------------------------------------------------------------
 
     def replay(self, request: pytest.FixtureRequest, benchmark: Any) -> None:
+        reason = cannot_replay(self.header)
+        if reason:
+            pytest.skip(reason)
         state = self.session_state
         outcome = ItemOutcome(
             self.nodeid,
@@ -143,6 +150,8 @@ class SnapshotItem(pytest.Function):
                     f"UNSIGNED: {self.snapshot_path} was loaded without a verified signature, "
                     "only because --perf-replay-allow-unsigned is set"
                 )
+
+            add_import_roots(snapshot.header.target, self.config.rootpath)
             try:
                 func = resolve_target(snapshot.header.target)
             except SnapshotError as exc:
@@ -216,7 +225,10 @@ def replay_snapshot(
     mismatch = python_mismatch(snapshot)
     if mismatch:
         outcome.notes.append(mismatch)
-    bindings = _bindings(request, snapshot)
+    run_setup(request)  # perf_replay_setup: before anything is unpickled
+    bindings = fresh_resources(request, snapshot.header.placeholders) or _bindings(
+        request, snapshot
+    )
     replayer = Replayer(snapshot, func, bindings, gc_policy=cfg.gc)
     try:
         return _run(request, replayer, benchmark, state, outcome, snapshot, func, target, policy)
@@ -243,6 +255,7 @@ def _run(
         version = python_mismatch(snapshot)
         raise ReplayFailure(
             _paragraph("cannot unpickle the arguments", why + (f" ({version})" if version else ""))
+            + setup_hint(exc)
         ) from None
     outcome.mutated = mutated
     _check_result(request, snapshot, first, state, outcome)
@@ -254,6 +267,9 @@ def _run(
     policy = policy or cfg.policy()
     result = _time(replayer, state, outcome, snapshot, func, target, policy)
     outcome.rounds = result
+    suspect = sanity_note(snapshot.header, result.interval.estimate)
+    if suspect:
+        outcome.notes.append(suspect)
     _report_to_benchmark(benchmark, result, snapshot, target, outcome)
     report_paired(request.node, benchmark, outcome)
 
@@ -299,6 +315,9 @@ def _run(
         )
     )
     gate(outcome, cfg.fail_slower)
+
+    if cfg.strict and suspect:
+        raise ReplayFailure(f"perfreplay sanity check failed (--perf-replay-strict): {suspect}")
     if cfg.strict and not result.target_met:
         raise ReplayFailure(
             f"precision target missed (--perf-replay-strict): reached "
@@ -373,22 +392,27 @@ def _check_result(
 ) -> None:
     cfg = state.config
     if not snapshot.header.has_result or not cfg.check_result:
-        if not first.ok:
-            raise first.value
+        outcome.result_check = check_outcome(snapshot.header, first)
         return
     expected = snapshot.load_result()
     try:
         custom = request.getfixturevalue("perf_replay_compare")
     except pytest.FixtureLookupError:
         custom = None
-    check_result(
-        expected,
-        first,
-        request.config,
-        compare=custom,
-        rel=cfg.result_rtol,
-        abs_=cfg.result_atol,
-    )
+    try:
+        check_result(
+            expected,
+            first,
+            request.config,
+            compare=custom,
+            rel=cfg.result_rtol,
+            abs_=cfg.result_atol,
+        )
+    except ResultMismatch as exc:
+        hint = "" if first.ok else setup_hint(first.value)
+        if not hint:
+            raise
+        raise ResultMismatch(f"{exc}{hint}") from None
     outcome.result_check = "same result as captured"
 
 

@@ -31,6 +31,11 @@ def header_line(state: ReplaySession, count: int) -> str:
         f"perfreplay: store {state.store.root}, {count} snapshot(s), target "
         f"±{cfg.precision:.2%} of the {cfg.estimator} at {cfg.confidence:.0%} confidence, "
         f"budget {cfg.max_time:g} s per snapshot in {where}, gc={cfg.gc}"
+    ) + (
+        ""
+        if count
+        else "\nperfreplay: no snapshots here yet; capture some first, e.g. "
+        "`perfreplay run --targets pkg.mod:func -- python -m yourservice`"
     )
 
 

@@ -131,6 +131,27 @@ def _default_budget() -> int | None:
     return parse_budget(raw)
 
 
+PROJECT_MARKERS = ("pyproject.toml", "pytest.ini", "tox.ini", "setup.cfg", "setup.py", ".git")
+
+
+def discover_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """Where the local store is when none is configured: found upwards, like git.
+
+    The nearest ``.perfreplay`` folder from ``start`` (the current directory) up to the
+    project root (the first folder holding one of PROJECT_MARKERS, as pytest's rootdir);
+    with none, ``.perfreplay`` in that project root, else in ``start``. The CLI, the
+    pytest plugin and capture all use this one rule, so they meet in one store.
+    """
+    here = Path(start) if start is not None else Path.cwd()
+    here = here.absolute()
+    for folder in (here, *here.parents):
+        if (folder / DEFAULT_ROOT).is_dir():
+            return folder / DEFAULT_ROOT
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder / DEFAULT_ROOT
+    return here / DEFAULT_ROOT
+
+
 @dataclass(frozen=True)
 class Store:
     root: Path
@@ -146,7 +167,8 @@ class Store:
 
     @classmethod
     def from_env(cls, default: str | os.PathLike[str] | None = None) -> Store:
-        return cls(Path(os.environ.get(STORE_ENV) or default or DEFAULT_ROOT))
+        explicit = default or os.environ.get(STORE_ENV)
+        return cls(Path(explicit) if explicit else discover_root())
 
     # -- folders ------------------------------------------------------------
 

@@ -34,6 +34,14 @@ class DiffRow:
     delta: float  # new - old
     ratio: float | None  # new / old; None when the function is new
     moved: bool  # |delta| above the noise floor
+    # Inclusive (total) weight per call: a function whose callees got faster moves here
+    # even when its own self time did not.
+    old_total: float = 0.0
+    new_total: float = 0.0
+
+    @property
+    def total_delta(self) -> float:
+        return self.new_total - self.old_total
 
     @property
     def display(self) -> str:
@@ -62,6 +70,12 @@ class Diff:
     scaled: bool = False  # totals per call rescaled to the timed medians
 
     @property
+    def total_movers(self) -> list[DiffRow]:
+        """Functions whose inclusive time per call moved beyond the noise floor, biggest first."""
+        moved = [r for r in self.rows if abs(r.total_delta) > self.noise]
+        return sorted(moved, key=lambda r: (-abs(r.total_delta), r.display))
+
+    @property
     def speedup(self) -> float | None:
         """Old total per call / new total per call (> 1 means faster)."""
         return (
@@ -77,7 +91,11 @@ class Diff:
         fmt = self._fmt
         speed = self.speedup
         verdict = "" if speed is None else f" ({speed:.2f}x {'faster' if speed >= 1 else 'slower'})"
-        scale = "; profile shares at the timed medians" if self.scaled else ""
+        scale = (
+            "; profile shares at the timed medians"
+            if self.scaled
+            else "; profiler time (sampled, inflated by the profiler; no timed medians known)"
+        )
         return (
             f"before {fmt(self.old_total_per_call)} ({self.old_calls} calls), after "
             f"{fmt(self.new_total_per_call)} ({self.new_calls} calls){verdict}; noise floor "
@@ -87,16 +105,32 @@ class Diff:
     def mover_lines(self, top: int = 5) -> list[str]:
         """The ``top`` functions that moved beyond the noise floor, biggest change first."""
         movers = [r for r in self.rows if r.moved][:top]
-        if not movers:
+        if not movers and not self.total_movers:
             return ["  no function moved beyond the noise floor"]
-        out = [f"  {'change':>9}  {'before':>9} -> {'after':<9} {'ratio':>6}  function"]
+        out = []
+        if movers:
+            out.append(f"  {'change':>9}  {'before':>9} -> {'after':<9} {'ratio':>6}  function")
+            for row in movers:
+                out.append(self._row(row.delta, row.old_per_call, row.new_per_call, row.display))
+        out.extend(self.total_mover_lines(top))
+        return out
+
+    def _row(self, delta: float, before: float, after: float, display: str) -> str:
+        ratio = "new" if not before else f"{after / before:.2f}x"
+        sign = "+" if delta > 0 else "-"
+        return (
+            f"  {sign + self._fmt(abs(delta)):>9}  {self._fmt(before):>9} -> "
+            f"{self._fmt(after):<9} {ratio:>6}  {display}"
+        )
+
+    def total_mover_lines(self, top: int = 5) -> list[str]:
+        """Movers by inclusive time per call (self plus callees), biggest change first."""
+        movers = self.total_movers[:top]
+        if not movers:
+            return []
+        out = [f"  {'total':>9}  {'before':>9} -> {'after':<9} {'ratio':>6}  function (by total)"]
         for row in movers:
-            ratio = "new" if row.ratio is None else f"{row.ratio:.2f}x"
-            sign = "+" if row.delta > 0 else "-"
-            out.append(
-                f"  {sign + self._fmt(abs(row.delta)):>9}  {self._fmt(row.old_per_call):>9} -> "
-                f"{self._fmt(row.new_per_call):<9} {ratio:>6}  {row.display}"
-            )
+            out.append(self._row(row.total_delta, row.old_total, row.new_total, row.display))
         return out
 
     def lines(self, top: int = 5) -> list[str]:
@@ -114,7 +148,9 @@ class Diff:
                     f"{fmt(row.old_per_call)} -> {fmt(row.new_per_call)} ({ratio})  {row.display}"
                 )
         unchanged = len(self.rows) - len(self.grew) - len(self.shrank)
-        out.append(f"  {unchanged} function(s) unchanged within the noise floor")
+        out.append(f"  {unchanged} function(s) unchanged within the noise floor (self time)")
+        by_total = self.total_mover_lines(top)
+        out.extend(by_total or ["  by total time: nothing beyond the noise floor"])
         return out
 
 
@@ -160,15 +196,27 @@ def diff(
         raise SpeedscopeError("diff: both profiles need samples")
     old_div = _divisor(before, old_calls, old_per_call, unit)
     new_div = _divisor(after, new_calls, new_per_call, unit)
-    old_own, _ = _self_and_total((s, w / old_div) for s, w in before.samples)
-    new_own, _ = _self_and_total((s, w / new_div) for s, w in after.samples)
+    old_own, old_incl = _self_and_total((s, w / old_div) for s, w in before.samples)
+    new_own, new_incl = _self_and_total((s, w / new_div) for s, w in after.samples)
     old_total, new_total = before.total / old_div, after.total / new_div
     noise = threshold * max(old_total, new_total)
 
     rows: list[DiffRow] = []
-    for key in dict.fromkeys([*old_own, *new_own]):
+    for key in dict.fromkeys([*old_own, *new_own, *old_incl, *new_incl]):
         o, n = old_own.get(key, 0.0), new_own.get(key, 0.0)
-        rows.append(DiffRow(key[1], key[0], o, n, n - o, n / o if o else None, abs(n - o) > noise))
+        rows.append(
+            DiffRow(
+                key[1],
+                key[0],
+                o,
+                n,
+                n - o,
+                n / o if o else None,
+                abs(n - o) > noise,
+                old_incl.get(key, 0.0),
+                new_incl.get(key, 0.0),
+            )
+        )
     rows.sort(key=lambda r: (-abs(r.delta), r.display))
     grew = [r for r in rows if r.moved and r.delta > 0]
     shrank = [r for r in rows if r.moved and r.delta < 0]
