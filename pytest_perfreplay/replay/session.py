@@ -34,6 +34,7 @@ class ItemOutcome:
     result_check: str | None = None
     mutated: bool = False
     drift: float | None = None  # between-session drift allowed in the comparisons
+    machine_move: float | None = None  # the reference workload's move vs previous (ratio - 1)
     profile_path: Path | None = None
     profile_lines: list[str] = field(default_factory=list)
     error: str | None = None
@@ -48,6 +49,7 @@ class ReplaySession:
     outcomes: list[ItemOutcome] = field(default_factory=list)
     write_progress: Callable[[str], None] | None = None
     pulled: list[str] = field(default_factory=list)  # what pulling a remote store reported
+    identity: dict[str, str | None] | None = None  # source/interpreter/packages, once per session
 
 
 _STATE = pytest.StashKey[ReplaySession]()
