@@ -92,8 +92,8 @@ def change_text(o: ItemOutcome) -> str | None:
     if c is not None and c.detectable > c.min_effect:
         text += (
             f"; between sessions here, changes below ~{c.detectable:.1%} cannot be seen "
-            f"(minimum effect {c.min_effect:.0%}): --perf-replay-baseline=REV compares "
-            "with a git revision in one session"
+            f"(minimum effect {c.min_effect:.0%}): --perf-replay-baseline=REV sees smaller "
+            "ones (paired, one session)"
         )
     return text
 
