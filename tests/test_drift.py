@@ -22,6 +22,7 @@ from pytest_perfreplay.replay.history import (
     Ledger,
     aa_pairs,
     first_met,
+    packages_identity,
     same_environment,
     source_identity,
 )
@@ -142,6 +143,24 @@ def test_source_identity_sees_commits_diffs_and_untracked_files(tmp_path: Path) 
     assert with_new not in (None, clean, edited)
     (repo / "helper.py").write_text("X = 2\n")  # its content counts, not just its name
     assert source_identity(str(repo), str(store)) not in (clean, edited, with_new)
+
+
+def test_packages_identity_changes_with_an_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    (site / "lib-1.0.dist-info").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(site))
+    packages_identity.cache_clear()
+    before = packages_identity()
+    packages_identity.cache_clear()
+    assert packages_identity() == before
+    (site / "lib-1.0.dist-info").rename(site / "lib-1.1.dist-info")  # pip install -U lib
+    packages_identity.cache_clear()
+    try:
+        assert packages_identity() != before
+    finally:
+        packages_identity.cache_clear()
 
 
 # -- the reference workload and the widening -----------------------------------------------

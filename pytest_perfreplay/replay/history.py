@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -188,13 +187,16 @@ def interpreter_identity() -> str:
 
 @cache
 def packages_identity() -> str:
-    """Hash of the installed distributions and their versions."""
-    names = sorted(
-        f"{d.metadata['Name']}=={d.version}".lower()
-        for d in importlib.metadata.distributions()
-        if d.metadata["Name"]
-    )
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    """Hash of the installed distributions and their versions, read from the names of the
+    ``*.dist-info`` / ``*.egg-info`` folders on ``sys.path`` (``name-version``): a directory
+    listing, where reading every distribution's metadata took most of a second."""
+    names = []
+    for entry in sys.path:
+        with contextlib.suppress(OSError):
+            for name in os.listdir(entry or "."):
+                if name.endswith((".dist-info", ".egg-info")):
+                    names.append(f"{entry}/{name}")
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
 
 
 def environment(cwd: str, store: str | None = None) -> dict[str, str | None]:
