@@ -27,7 +27,7 @@ from pytest_perfreplay.replay.history import (
     source_identity,
 )
 from pytest_perfreplay.replay.reference import ReferenceClock, reference_work
-from pytest_perfreplay.replay.stats import compare, session_drift
+from pytest_perfreplay.replay.stats import compare, compare_groups, session_drift
 
 SAME = {"source": "tree1", "interpreter": "py1", "packages": "pkgs1"}
 
@@ -299,3 +299,15 @@ def test_history_reset_drift_writes_an_event(
     last = json.loads(ledger.path.read_text().splitlines()[-1])
     assert last["event"] == "reset-drift" and last["after"] == 2
     assert ledger.drift_reset_after() == 2
+
+
+def test_per_process_comparisons_are_widened_by_the_machine_move_too() -> None:
+    a, b = [1.00, 1.01, 0.99, 1.00], [1.06, 1.07, 1.05, 1.06]
+    plain = compare_groups(a, b)
+    moved = compare_groups(a, b, machine_move=0.06)
+    assert plain.significant and plain.verdict == "slower"
+    assert not moved.significant  # the machine moved as much as the target did
+    assert moved.detectable > 0.06 and math.isnan(plain.detectable)
+    assert "+6.0% move" in moved.method
+    with pytest.raises(ValueError, match="machine_move"):
+        compare_groups(a, b, machine_move=math.nan)

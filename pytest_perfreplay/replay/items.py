@@ -517,6 +517,7 @@ def _compare(
             list(result.group_estimates),
             estimator=estimator,  # type: ignore[arg-type]
             confidence=cfg.confidence,
+            machine_move=move or 0.0,
         )
     if not entry.samples or not result.samples:
         return None

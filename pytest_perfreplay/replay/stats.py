@@ -627,6 +627,7 @@ def compare_groups(
     estimator: Estimator = "median",
     confidence: float = 0.95,
     min_effect: float = 0.01,
+    machine_move: float = 0.0,
 ) -> Comparison:
     """Compare two runs by their per-process estimates (``--perf-replay-processes``).
 
@@ -635,7 +636,8 @@ def compare_groups(
     process: Welch's t-test on the log of the per-process estimates (unequal counts and
     variances), and its interval for the difference of log-means, exponentiated into a
     ratio ``baseline / candidate`` (geometric means). The same minimum-effect rule as
-    :func:`compare` applies.
+    :func:`compare` applies, and so does the ``machine_move`` widening (its log is added to
+    the standard error of the log ratio).
     """
     _check_estimator(estimator)
     _check_confidence(confidence)
@@ -643,16 +645,23 @@ def compare_groups(
     c = np.log(_as_array(candidate, "candidate"))
     if b.size < 2 or c.size < 2:
         raise ValueError("compare_groups needs at least two per-process estimates per side")
+    if not (isinstance(machine_move, (int, float)) and -1 < machine_move < math.inf):
+        raise ValueError(f"machine_move must be a finite number above -1, got {machine_move!r}")
+    move = abs(math.log1p(machine_move))
     vb, vc = float(np.var(b, ddof=1)) / b.size, float(np.var(c, ddof=1)) / c.size
     diff = float(np.mean(b) - np.mean(c))
-    se = math.sqrt(vb + vc)
+    se = math.sqrt(vb + vc + move**2)
+    detectable = math.nan
     if se == 0:
         p, half = (1.0 if diff == 0 else 0.0), 0.0
     else:
-        df = (vb + vc) ** 2 / (vb**2 / (b.size - 1) + vc**2 / (c.size - 1))
+        welch = vb + vc
+        df = welch**2 / (vb**2 / (b.size - 1) + vc**2 / (c.size - 1)) if welch > 0 else math.inf
         t = diff / se
         p = float(2 * _sps().t.sf(abs(t), df))
         half = float(_sps().t.ppf((1 + confidence) / 2, df)) * se
+        if move > 0:
+            detectable = math.expm1(half)
     ratio, low, high = math.exp(diff), math.exp(diff - half), math.exp(diff + half)
     significant, verdict = _decide(ratio, low, high, p, 1 - confidence, min_effect)
     return Comparison(
@@ -664,10 +673,16 @@ def compare_groups(
         verdict=verdict,
         confidence=confidence,
         min_effect=min_effect,
-        method=f"Welch t-test on log per-process {estimator} estimates",
+        method=f"Welch t-test on log per-process {estimator} estimates"
+        + (
+            f"; widened for the machine's {machine_move:+.1%} move (reference workload)"
+            if move
+            else ""
+        ),
         estimator=estimator,
         baseline_estimate=float(np.exp(np.mean(b))),
         candidate_estimate=float(np.exp(np.mean(c))),
         n_baseline=int(b.size),
         n_candidate=int(c.size),
+        detectable=detectable,
     )
