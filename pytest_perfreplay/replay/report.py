@@ -86,7 +86,9 @@ def change_text(o: ItemOutcome) -> str | None:
     if o.drift:
         allowed.append(f"{o.drift:.1%} drift between sessions")
     if o.machine_move is not None:
-        allowed.append(f"the machine's {o.machine_move:+.1%} move (reference workload)")
+        allowed.append(
+            f"the machine's {o.machine_move:+.1%} move since previous (reference workload)"
+        )
     text = change + (f" (allowing {' and '.join(allowed)})" if allowed else "")
     c = o.vs_previous
     if c is not None and c.detectable > c.min_effect:
