@@ -216,7 +216,7 @@ def git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def build_project(root: Path, sizes: dict[str, int]) -> dict[str, str]:
+def build_project(root: Path, sizes: dict[str, int], plugin: str | None) -> dict[str, str]:
     (root / "work.py").write_text(WORK)
     (root / "traffic.py").write_text(TRAFFIC.format(**sizes))
     (root / "test_pb.py").write_text(PB_TESTS.format(**sizes))
@@ -228,7 +228,8 @@ def build_project(root: Path, sizes: dict[str, int]) -> dict[str, str]:
     git(root, "config", "user.name", "bench")
     git(root, "add", ".")
     git(root, "commit", "-qm", "workloads")
-    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    path = [str(root)] + ([plugin] if plugin else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), PYTHONDONTWRITEBYTECODE="1")
     for name in ("PERFREPLAY_CAPTURE", "PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS", "PERFREPLAY_STORE"):
         env.pop(name, None)
     for condition in CONDITIONS:  # one store (and ledger) per condition
@@ -304,13 +305,13 @@ def _direction(comparison: dict[str, Any]) -> str:
     return verdict if verdict in ("slower", "faster") else "same"
 
 
-def _last_entry(store: Path, workload: str) -> dict[str, Any]:
+def _last_entry(store: Path, workload: str) -> dict[str, Any] | None:
     for path in (store / "history").glob("*/*.jsonl"):
         rows: list[dict[str, Any]] = [json.loads(line) for line in path.read_text().splitlines()]
         rows = [r for r in rows if "event" not in r]
         if rows and rows[-1]["target"].endswith(f":{workload}"):
             return rows[-1]
-    raise SystemExit(f"no ledger for {workload} under {store}")
+    return None
 
 
 @dataclass
@@ -336,14 +337,11 @@ class Cell:
         cmd = [PY, "-m", "pytest", "--perf-replay", "-q", "-p", "no:cacheprovider"]
         cmd += ["-k", self.workload, *self._budget()]
         env = dict(self.env, PERFREPLAY_STORE=str(self.store))
-        before = None
-        with_ledger = list((self.store / "history").glob("*/*.jsonl"))
-        if with_ledger:
-            before = _last_entry(self.store, self.workload)
+        before = _last_entry(self.store, self.workload)
         proc, wall = _run(cmd, self.root, env)
-        if proc.returncode != 0:
-            raise _fail("perfreplay session", proc)
         entry = _last_entry(self.store, self.workload)
+        if proc.returncode != 0 or entry is None:
+            raise _fail("perfreplay session", proc)
         vs = entry.get("vs_previous")
         if vs is None or before is None:
             return None, None
@@ -501,6 +499,11 @@ def main() -> None:
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--keep", action="store_true", help="keep the scratch project")
+    parser.add_argument(
+        "--plugin-path",
+        default=None,
+        help="import pytest_perfreplay from this folder in the sessions (another checkout)",
+    )
     args = parser.parse_args()
     aa = args.aa if args.aa is not None else (2 if args.quick else 100)
     power = args.power if args.power is not None else (1 if args.quick else 40)
@@ -513,7 +516,7 @@ def main() -> None:
     started = time.perf_counter()
     try:
         sizes = calibrate()
-        env = build_project(root, sizes)
+        env = build_project(root, sizes, args.plugin_path)
         paired_note = ""
         if "paired" in arms and not has_baseline_flag(root, env):
             paired_note = "skipped: this pytest-perfreplay has no --perf-replay-baseline"
