@@ -311,3 +311,20 @@ def test_per_process_comparisons_are_widened_by_the_machine_move_too() -> None:
     assert "+6.0% move" in moved.method
     with pytest.raises(ValueError, match="machine_move"):
         compare_groups(a, b, machine_move=math.nan)
+
+
+def test_history_shows_a_recorded_paired_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / ".perfreplay"
+    ledger = Ledger.for_snapshot(root / "history", "svc:f", "s1")
+    ledger.append(entry(1, 1.0))
+    paired = {"ratio": 1.073, "significant": True, "direction": "slower", "rev": "HEAD"}
+    ledger.append(entry(2, 1.07, paired=paired))
+    ledger.append(entry(3, 1.0, paired={**paired, "ratio": 1.001, "significant": False}))
+    args = parse("svc:f", "--store", str(root))
+    assert args.func(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].rstrip().endswith("paired")
+    assert out[3].rstrip().endswith("1.07x slower vs HEAD")
+    assert out[4].rstrip().endswith("~ vs HEAD")
