@@ -10,7 +10,6 @@ from typing import Any
 
 from ..errors import PerfReplayError
 from ..replay.history import Entry, Ledger
-from ..replay.stats import Comparison, compare
 from ..snapshot.store import Store, target_slug
 
 
@@ -19,7 +18,9 @@ def register(sub: Any) -> None:
         "history",
         help="the iteration table of the loop for a target",
         description="One row per replay run of each snapshot of TARGET: estimate, interval, "
-        "precision, and the change against the previous and the first iteration.",
+        "precision, and the change against the previous iteration and the first one that met "
+        "its precision target, exactly as the run reported them (read from the ledger, never "
+        "recomputed; rows recorded before comparisons were kept show '-').",
     )
     p.add_argument("target", help="module:qualname, or a snapshot id")
     p.add_argument(
@@ -32,6 +33,18 @@ def register(sub: Any) -> None:
         default=None,
         help="also draw the estimate with its interval over iterations (needs matplotlib)",
     )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print each run's change line as it printed it",
+    )
+    p.add_argument(
+        "--reset-drift",
+        action="store_true",
+        help="forget the between-session drift learned so far for TARGET's snapshots: later "
+        "runs learn it again from reruns of identical code",
+    )
     p.set_defaults(func=run)
 
 
@@ -39,40 +52,53 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.4g}" if math.isfinite(seconds) else "inf"
 
 
-def _change(c: Comparison | None) -> str:
-    if c is None:
+def _change(record: dict[str, Any] | None) -> str:
+    """A stored comparison (``ratio = baseline / candidate``), compactly."""
+    if not record:
         return "-"
-    if not c.significant:
-        return f"~ ({c.ratio:.3g}x)"
-    ratio = c.ratio if c.verdict == "faster" else 1 / c.ratio
-    return f"{ratio:.3g}x {c.verdict}"
+    ratio = float(record.get("ratio", math.nan))
+    if not record.get("significant"):
+        return f"~ ({ratio:.3g}x)"
+    if record.get("verdict") == "slower":
+        ratio = 1 / ratio
+    return f"{ratio:.3g}x {record.get('verdict')}"
 
 
-def _compare(a: Entry, b: Entry) -> Comparison | None:
-    if not a.samples or not b.samples:
-        return None
-    est = b.estimator if b.estimator in ("median", "mean", "min") else "median"
-    return compare(a.samples, b.samples, estimator=est)  # type: ignore[arg-type]
+def _paired(record: dict[str, Any] | None) -> str:
+    """A paired verdict (``ratio = candidate / baseline``), compactly."""
+    if not record:
+        return "-"
+    ratio = float(record.get("ratio", math.nan))
+    rev = record.get("rev", "?")
+    if not record.get("significant"):
+        return f"~ vs {rev}"
+    shown = ratio if ratio >= 1 else 1 / ratio
+    return f"{shown:.3g}x {record.get('direction')} vs {rev}"
 
 
-def table(entries: list[Entry]) -> list[str]:
+def table(entries: list[Entry], *, verbose: bool = False) -> list[str]:
     head = (
         f"  {'iter':>4}  {'when':<16} {'commit':<13} {'estimate ms':>11}  "
         f"{'interval ms':<19} {'prec':>7}  {'rounds':>6}  {'target':<6}  "
         f"{'vs previous':<15} {'vs first':<15}"
     )
-    lines = [head]
-    for i, e in enumerate(entries):
+    paired = any(e.paired for e in entries)
+    lines = [head + (" paired" if paired else "")]
+    for e in entries:
         commit = (e.commit or "-") + ("*" if e.dirty else "")
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.time))
-        prev = _compare(entries[i - 1], e) if i > 0 else None
-        first = _compare(entries[0], e) if i > 1 else None
+        first = _change(e.vs_first)
+        if e.vs_first and "against" in e.vs_first:
+            first += f" (#{e.vs_first['against']})"
         lines.append(
             f"  {e.iteration:>4}  {when:<16} {commit:<13} {_ms(e.estimate):>11}  "
             f"{'[' + _ms(e.low) + ', ' + _ms(e.high) + ']':<19} {e.precision:>7.2%}  "
             f"{e.rounds:>6}  {'met' if e.target_met else 'MISSED':<6}  "
-            f"{_change(prev):<15} {_change(first):<15}"
+            f"{_change(e.vs_previous):<15} {first:<15}"
+            + (f" {_paired(e.paired)}" if paired else "")
         )
+        if verbose and e.change:
+            lines.append(f"        change: {e.change}")
     return lines
 
 
@@ -129,13 +155,21 @@ def run(args: argparse.Namespace) -> int:
     if not ledgers:
         print(f"no history for {args.target!r} under {store.history_dir}")
         return 1
+    if args.reset_drift:
+        for path in ledgers:
+            after = Ledger(path).reset_drift()
+            print(
+                f"drift reset for snapshot {path.stem}: runs after iteration {after} learn it "
+                "again from reruns of identical code"
+            )
+        return 0
     drawn: list[tuple[str, list[Entry]]] = []
     for path in ledgers:
         entries = Ledger(path).entries()
         if not entries:
             continue
         print(f"{entries[0].target} [snapshot {path.stem}]")
-        for line in table(entries):
+        for line in table(entries, verbose=args.verbose):
             print(line)
         drawn.append((path.stem, entries))
     if args.plot is not None and drawn:

@@ -148,7 +148,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "drift",
         "between-session drift allowed when comparing iterations (relative SD of one "
-        "session's estimate); refined from reruns of unchanged code in the history",
+        "session's estimate); refined from reruns of identical code (same tree, "
+        "interpreter and packages) in the history",
         "0.02",
         _fraction,
     ),

@@ -27,10 +27,21 @@ from .call import (
     resolve_target,
 )
 from .config import ReplayConfig
-from .history import Entry, Ledger, aa_pairs, bounded, git_state, now
+from .history import (
+    Entry,
+    Ledger,
+    aa_pairs,
+    bounded,
+    environment,
+    first_met,
+    git_state,
+    now,
+)
 from .imports import add_import_roots
 from .outcome import cannot_replay, check_outcome, setup_hint
 from .paireditem import GateFailure, baseline_profile, gate, report_paired, time_paired
+from .reference import ReferenceClock
+from .report import change_text
 from .resources import fresh_resources, run_setup
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
@@ -265,7 +276,9 @@ def _run(
         return None
 
     policy = policy or cfg.policy()
-    result = _time(replayer, state, outcome, snapshot, func, target, policy)
+    reference = ReferenceClock()
+    result = _time(replayer, state, outcome, snapshot, func, target, policy, reference)
+    machine = reference.estimate()
     outcome.rounds = result
     suspect = sanity_note(snapshot.header, result.interval.estimate)
     if suspect:
@@ -278,17 +291,25 @@ def _run(
     outcome.iteration = previous[-1].iteration + 1 if previous else 1
     current_code = code_hash(func)
     if previous:
-        drift = session_drift(aa_pairs(previous), prior=cfg.drift)
+        # Drift is learned only from reruns of identical source, interpreter and packages.
+        pairs = aa_pairs(previous, after=ledger.drift_reset_after())
+        drift = session_drift(pairs, prior=cfg.drift)
         outcome.drift = drift
-        outcome.vs_previous = _compare(previous[-1], result, cfg, drift)
-        if len(previous) > 1:
-            outcome.vs_first = _compare(previous[0], result, cfg, drift)
+        last = previous[-1]
+        outcome.machine_move = _move(last, machine)
+        outcome.vs_previous = _compare(last, result, cfg, drift, outcome.machine_move)
+        met = first_met(previous)
+        if met is not None and met is not last:
+            outcome.vs_first = _compare(met, result, cfg, drift, _move(met, machine))
 
     profile_calls = None
     if cfg.profiler:
         profile_calls = _profile(replayer, state, outcome, snapshot, func, previous)
 
     commit, dirty = git_state(str(request.config.rootpath))
+    if state.identity is None:
+        state.identity = environment(str(request.config.rootpath), str(state.store.root))
+    identity = state.identity
     ledger.append(
         Entry(
             iteration=outcome.iteration,
@@ -312,6 +333,15 @@ def _run(
             group_estimates=list(result.group_estimates),
             code_hash=current_code,
             paired=asdict(outcome.paired) if outcome.paired else None,
+            source=identity["source"],
+            interpreter=identity["interpreter"],
+            packages=identity["packages"],
+            reference=machine,
+            reference_samples=reference.kept(),
+            drift=outcome.drift,
+            vs_previous=_record(outcome.vs_previous, previous[-1] if previous else None),
+            vs_first=_record(outcome.vs_first, first_met(previous)),
+            change=change_text(outcome),
         )
     )
     gate(outcome, cfg.fail_slower)
@@ -336,7 +366,10 @@ def _time(
     func: Callable[..., Any],
     target: str,
     policy: RoundPolicy,
+    reference: ReferenceClock,
 ) -> RoundsResult:
+    """The rounds, with the reference workload timed beside them (interleaved in this
+    process; before and after when the rounds run in worker processes)."""
     cfg = state.config
     preload_scipy()  # its ~1 s import must not land inside the round budget
     progress = _progress(state, target)
@@ -365,12 +398,15 @@ def _time(
                 target=None if target == snapshot.header.target else target,
             )
             try:
-                return run_processes(job, policy, cfg.processes, on_progress=progress)
+                reference.bracket()
+                done = run_processes(job, policy, cfg.processes, on_progress=progress)
+                reference.bracket()
+                return done
             except WorkerError as exc:
                 raise ReplayFailure(str(exc)) from None
         outcome.notes.append(f"timed in this process, not in worker processes: {why_not}")
     with replayer.timing():
-        return run_rounds(replayer.measure, policy, on_progress=progress)
+        return run_rounds(reference.wrap(replayer.measure), policy, on_progress=progress)
 
 
 def _why_not_processes(snapshot: Snapshot, func: Callable[..., Any], target: str) -> str | None:
@@ -519,8 +555,21 @@ def _profile(
     return done.calls
 
 
+def _move(entry: Entry, machine: float | None) -> float | None:
+    """The machine's move since ``entry``, from the reference workload (ratio - 1)."""
+    if entry.reference is None or machine is None or entry.reference <= 0 or machine <= 0:
+        return None
+    return machine / entry.reference - 1
+
+
+def _record(c: Comparison | None, against: Entry | None) -> dict[str, Any] | None:
+    if c is None or against is None:
+        return None
+    return {"against": against.iteration, **asdict(c)}
+
+
 def _compare(
-    entry: Entry, result: RoundsResult, cfg: ReplayConfig, drift: float
+    entry: Entry, result: RoundsResult, cfg: ReplayConfig, drift: float, move: float | None
 ) -> Comparison | None:
     """Compare with a ledger entry: by process when both runs had several, else by round."""
     estimator = cfg.estimator  # validated by the config
@@ -530,6 +579,7 @@ def _compare(
             list(result.group_estimates),
             estimator=estimator,  # type: ignore[arg-type]
             confidence=cfg.confidence,
+            machine_move=move or 0.0,
         )
     if not entry.samples or not result.samples:
         return None
@@ -539,6 +589,7 @@ def _compare(
         estimator=estimator,  # type: ignore[arg-type]
         confidence=cfg.confidence,
         drift=drift,
+        machine_move=move or 0.0,
     )
 
 

@@ -85,6 +85,29 @@ def comparison_line(previous: Comparison | None, first: Comparison | None) -> st
     return "; ".join(parts) if parts else None
 
 
+def change_text(o: ItemOutcome) -> str | None:
+    """The ``change:`` line of an item; the ledger keeps it verbatim for `perfreplay history`."""
+    change = comparison_line(o.vs_previous, o.vs_first)
+    if not change:
+        return None
+    allowed = []
+    if o.drift:
+        allowed.append(f"{o.drift:.1%} drift between sessions")
+    if o.machine_move is not None:
+        allowed.append(
+            f"the machine's {o.machine_move:+.1%} move since previous (reference workload)"
+        )
+    text = change + (f" (allowing {' and '.join(allowed)})" if allowed else "")
+    c = o.vs_previous
+    if c is not None and c.detectable > c.min_effect:
+        text += (
+            f"; between sessions here, changes below ~{c.detectable:.1%} cannot be seen "
+            f"(minimum effect {c.min_effect:.0%}): --perf-replay-baseline=REV sees smaller "
+            "ones (paired, one session)"
+        )
+    return text
+
+
 def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
     title = f"{o.target} [{o.snapshot_id}]"
     lines = [title + (f"  iteration {o.iteration}" if o.iteration else "")]
@@ -112,10 +135,9 @@ def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
             )
     if o.paired is not None:
         lines.append(f"  {o.paired.line()}")
-    change = comparison_line(o.vs_previous, o.vs_first)
+    change = change_text(o)
     if change:
-        allowance = f" (allowing {o.drift:.1%} drift between sessions)" if o.drift else ""
-        lines.append(f"  change: {change}{allowance}")
+        lines.append(f"  change: {change}")
     if o.result_check:
         lines.append(f"  result: {o.result_check}")
     if o.mutated:

@@ -40,6 +40,7 @@ class ItemOutcome:
     mutated: bool = False
     unsigned: bool = False  # loaded only because --perf-replay-allow-unsigned was set
     drift: float | None = None  # between-session drift allowed in the comparisons
+    machine_move: float | None = None  # the reference workload's move vs previous (ratio - 1)
     profile_path: Path | None = None
     profile_lines: list[str] = field(default_factory=list)
     error: str | None = None
@@ -57,6 +58,7 @@ class ReplaySession:
     write_progress: Callable[[str], None] | None = None
     pulled: list[str] = field(default_factory=list)  # what pulling a remote store reported
     baseline: Baseline | None = None  # --perf-replay-baseline, resolved once
+    identity: dict[str, str | None] | None = None  # source/interpreter/packages, once per session
 
 
 _STATE = pytest.StashKey[ReplaySession]()

@@ -121,6 +121,9 @@ class Comparison:
     candidate_estimate: float = math.nan
     n_baseline: int = 0
     n_candidate: int = 0
+    #: Smallest change this comparison can tell from noise: its interval's half-width as a
+    #: ratio minus one (nan for in-session comparisons, where it is not the limit).
+    detectable: float = math.nan
 
     def describe(self) -> str:
         """One line such as ``1.32x faster [1.29-1.35], significant``."""
@@ -509,6 +512,7 @@ def compare(
     seed: int = 0,
     resamples: int = 2000,
     drift: float = 0.0,
+    machine_move: float = 0.0,
 ) -> Comparison:
     """Compare two sets of timings (any sizes).
 
@@ -519,6 +523,11 @@ def compare(
       truth (hash seed, memory layout, machine load). Rounds within one session cannot see
       it, so comparing two sessions adds it, once per side, to the log-ratio's variance;
       the interval widens and a normal test on the widened log ratio can only raise p.
+    * ``machine_move``: how much the machine itself moved between these two sessions, as
+      the ratio of a reference workload's medians minus one (``replay/reference.py``).
+      The target may have moved as much, so its log is added in full to the log-ratio's
+      standard error. It widens; it never corrects the ratio (the target and the reference
+      do not move alike: measured, correcting made the cross-session spread worse).
     * Significant only when ``p < 1 - confidence`` and the whole ratio interval lies outside
       ``[1 / (1 + min_effect), 1 + min_effect]``: a real but negligible change is no change.
     """
@@ -530,6 +539,11 @@ def compare(
         raise ValueError(f"resamples must be an integer >= 100, got {resamples!r}")
     if not (isinstance(drift, (int, float)) and 0 <= drift < 1):
         raise ValueError(f"drift must be a number in [0, 1), got {drift!r}")
+    if not (isinstance(machine_move, (int, float)) and math.isfinite(machine_move)):
+        raise ValueError(f"machine_move must be a finite number, got {machine_move!r}")
+    move = abs(math.log1p(machine_move)) if machine_move > -1 else math.inf
+    if not math.isfinite(move):
+        raise ValueError(f"machine_move must be above -1, got {machine_move!r}")
     b = _as_array(baseline, "baseline")
     c = _as_array(candidate, "candidate")
 
@@ -550,13 +564,16 @@ def compare(
     ratios = np.where(c_boot > 0, ratios, np.inf)
     alpha = 1 - confidence
     low, high = (float(v) for v in np.quantile(ratios, [alpha / 2, 1 - alpha / 2]))
-    if drift > 0 and 0 < low <= high < math.inf and 0 < ratio < math.inf:
+    detectable = math.nan
+    widened = drift > 0 or move > 0
+    if widened and 0 < low <= high < math.inf and 0 < ratio < math.inf:
         z = float(_sps().norm.ppf(1 - alpha / 2))
         center = math.log(ratio)
         within = max(center - math.log(low), math.log(high) - center) / z
-        se = math.sqrt(within**2 + 2 * math.log1p(drift) ** 2)
+        se = math.sqrt(within**2 + 2 * math.log1p(drift) ** 2 + move**2)
         low, high = math.exp(center - z * se), math.exp(center + z * se)
         p = max(p, float(2 * _sps().norm.sf(abs(center) / se)))
+        detectable = math.expm1(z * se)
 
     significant, verdict = _decide(ratio, low, high, p, alpha, min_effect)
     return Comparison(
@@ -572,12 +589,18 @@ def compare(
             f"two-sided Mann-Whitney U; percentile bootstrap of the {estimator} ratio "
             f"({resamples} resamples, seed {seed})"
             + (f"; widened for {drift:.1%} between-session drift per side" if drift else "")
+            + (
+                f"; widened for the machine's {machine_move:+.1%} move (reference workload)"
+                if move
+                else ""
+            )
         ),
         estimator=estimator,
         baseline_estimate=b_est,
         candidate_estimate=c_est,
         n_baseline=int(b.size),
         n_candidate=int(c.size),
+        detectable=detectable,
     )
 
 
@@ -604,6 +627,7 @@ def compare_groups(
     estimator: Estimator = "median",
     confidence: float = 0.95,
     min_effect: float = 0.01,
+    machine_move: float = 0.0,
 ) -> Comparison:
     """Compare two runs by their per-process estimates (``--perf-replay-processes``).
 
@@ -612,7 +636,8 @@ def compare_groups(
     process: Welch's t-test on the log of the per-process estimates (unequal counts and
     variances), and its interval for the difference of log-means, exponentiated into a
     ratio ``baseline / candidate`` (geometric means). The same minimum-effect rule as
-    :func:`compare` applies.
+    :func:`compare` applies, and so does the ``machine_move`` widening (its log is added to
+    the standard error of the log ratio).
     """
     _check_estimator(estimator)
     _check_confidence(confidence)
@@ -620,16 +645,23 @@ def compare_groups(
     c = np.log(_as_array(candidate, "candidate"))
     if b.size < 2 or c.size < 2:
         raise ValueError("compare_groups needs at least two per-process estimates per side")
+    if not (isinstance(machine_move, (int, float)) and -1 < machine_move < math.inf):
+        raise ValueError(f"machine_move must be a finite number above -1, got {machine_move!r}")
+    move = abs(math.log1p(machine_move))
     vb, vc = float(np.var(b, ddof=1)) / b.size, float(np.var(c, ddof=1)) / c.size
     diff = float(np.mean(b) - np.mean(c))
-    se = math.sqrt(vb + vc)
+    se = math.sqrt(vb + vc + move**2)
+    detectable = math.nan
     if se == 0:
         p, half = (1.0 if diff == 0 else 0.0), 0.0
     else:
-        df = (vb + vc) ** 2 / (vb**2 / (b.size - 1) + vc**2 / (c.size - 1))
+        welch = vb + vc
+        df = welch**2 / (vb**2 / (b.size - 1) + vc**2 / (c.size - 1)) if welch > 0 else math.inf
         t = diff / se
         p = float(2 * _sps().t.sf(abs(t), df))
         half = float(_sps().t.ppf((1 + confidence) / 2, df)) * se
+        if move > 0:
+            detectable = math.expm1(half)
     ratio, low, high = math.exp(diff), math.exp(diff - half), math.exp(diff + half)
     significant, verdict = _decide(ratio, low, high, p, 1 - confidence, min_effect)
     return Comparison(
@@ -641,10 +673,16 @@ def compare_groups(
         verdict=verdict,
         confidence=confidence,
         min_effect=min_effect,
-        method=f"Welch t-test on log per-process {estimator} estimates",
+        method=f"Welch t-test on log per-process {estimator} estimates"
+        + (
+            f"; widened for the machine's {machine_move:+.1%} move (reference workload)"
+            if move
+            else ""
+        ),
         estimator=estimator,
         baseline_estimate=float(np.exp(np.mean(b))),
         candidate_estimate=float(np.exp(np.mean(c))),
         n_baseline=int(b.size),
         n_candidate=int(c.size),
+        detectable=detectable,
     )

@@ -1,0 +1,554 @@
+"""Can you trust the verdict? False alarms and detection of real slowdowns, side by side.
+
+The question every arm answers: "is the working tree slower than before?". Three pure-Python
+workloads (~1, ~10, ~100 ms: integer arithmetic, string/dict processing, recursive calls),
+each on a quiet machine and beside a CPU hog that switches on and off (2 s busy, 1.3 s
+idle, one core). A real git repository is built; a slowdown of 2% or 5% is made by adding
+that much work in its working tree (an uncommitted edit of the workloads' ``SLOW``).
+
+Arms (sessions of all arms run in lockstep, so machine drift hits them alike):
+
+* ``cross``: ``pytest --perf-replay`` with its defaults, compared by the plugin with the
+  previous session in its ledger (no baseline): the verdict recorded as ``vs_previous``.
+* ``cross-nomove``: the same ledger samples compared again without the reference
+  workload's machine-move allowance (same drift): how much that allowance is worth.
+* ``paired``: ``pytest --perf-replay --perf-replay-baseline=HEAD``, one session per
+  comparison, verdict read from ``extra_info["paired"]``. Skipped, with a line saying so,
+  when the installed plugin has no ``--perf-replay-baseline``.
+* ``pb``: pytest-benchmark, each run compared with the previous saved run by
+  ``--benchmark-compare --benchmark-compare-fail=median:5%`` (its gate fails slower only).
+* ``pyperf``: a pyperf script per session, ``pyperf compare_to`` with the previous one.
+
+Sequence per (workload, condition) cell: A/A sessions of the committed tree (each compared
+with the one before), then for each slowdown alternating sessions "slow, committed": the
+slow session compared with the committed one before it is one power trial. A paired session
+is one trial on its own (the committed tree gives A/A trials, the slow tree power trials).
+
+Reported per cell and arm: A/A false significance, detection of the 2% and 5% slowdowns,
+wrong-direction verdicts, each as a count "k/n" with a 95% Wilson interval, and the median
+wall time per comparison. Tables are printed after every cell (a long run's partial output
+is usable).
+
+Usage: ``python benchmarks/verdicts.py [--quick] [--aa N] [--power N] [--workloads ...]
+[--conditions quiet,loaded] [--arms ...]``. ``--quick``: 2 A/A and 1 power trial per
+slowdown per cell, shorter budgets (a smoke check of minutes). The full mode runs 100 A/A
+comparisons per cell: hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_perfreplay.replay.stats import compare
+
+PY = sys.executable
+
+WORK = """
+from pytest_perfreplay import capture
+
+SLOW = 0.0  # the working tree's edit: extra work, as a fraction
+
+
+def _more(n):
+    return n + round(n * SLOW)
+
+
+@capture
+def w1ms(n):
+    total = 0
+    for i in range(_more(n)):
+        total = (total * 31 + i) % 1_000_003
+    return total
+
+
+@capture
+def w10ms(n):
+    counts = {}
+    for i in range(_more(n)):
+        line = " ".join(str(i * j % 97) for j in range(8))
+        for token in line.split():
+            counts[token] = counts.get(token, 0) + 1
+    return len(counts)
+
+
+def _fib(k):
+    return k if k < 2 else _fib(k - 1) + _fib(k - 2)
+
+
+@capture
+def w100ms(n):
+    return sum(_fib(15) for _ in range(_more(n)))
+"""
+
+TRAFFIC = """
+import work
+
+work.w1ms({w1ms})
+work.w10ms({w10ms})
+work.w100ms({w100ms})
+"""
+
+PB_TESTS = """
+import work
+
+
+def test_w1ms(benchmark):
+    benchmark(work.w1ms, {w1ms})
+
+
+def test_w10ms(benchmark):
+    benchmark(work.w10ms, {w10ms})
+
+
+def test_w100ms(benchmark):
+    benchmark(work.w100ms, {w100ms})
+"""
+
+PYPERF_SCRIPT = """
+import pyperf
+
+import work
+
+N = {{"w1ms": {w1ms}, "w10ms": {w10ms}, "w100ms": {w100ms}}}
+
+
+def worker_args(cmd, args):
+    cmd.extend(("--workload", args.workload))
+
+
+runner = pyperf.Runner(add_cmdline_args=worker_args)
+runner.argparser.add_argument("--workload")
+args = runner.parse_args()
+runner.bench_func(args.workload, getattr(work, args.workload), N[args.workload])
+"""
+
+HOG = """
+import time
+while True:
+    end = time.perf_counter() + 2.0
+    while time.perf_counter() < end:
+        pass
+    time.sleep(1.3)
+"""
+
+WORKLOADS = ("w1ms", "w10ms", "w100ms")
+CONDITIONS = ("quiet", "loaded")
+ARMS = ("cross", "cross-nomove", "paired", "pb", "pyperf")
+SLOWDOWNS = (0.02, 0.05)
+
+
+# -- statistics of the benchmark itself -------------------------------------------------
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    den = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def rate(k: int, n: int) -> str:
+    if n == 0:
+        return "-"
+    lo, hi = wilson(k, n)
+    return f"{k}/{n} ({k / n:.0%}, [{lo:.0%}-{hi:.0%}])"
+
+
+@dataclass
+class Tally:
+    aa: list[bool] = field(default_factory=list)  # significant, on identical code
+    power: dict[float, list[bool]] = field(default_factory=dict)  # detected the slowdown
+    wrong: int = 0  # significant in the wrong direction (power trials)
+    walls: list[float] = field(default_factory=list)
+    detectable: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def add_power(self, slow: float, detected: bool, wrong: bool) -> None:
+        self.power.setdefault(slow, []).append(detected)
+        self.wrong += wrong
+
+
+# -- the project ------------------------------------------------------------------------
+
+
+def calibrate() -> dict[str, int]:
+    """Loop sizes for ~1, ~10 and ~100 ms on this machine, timed with the real bodies."""
+    namespace: dict[str, Any] = {}
+    exec(WORK.replace("from pytest_perfreplay import capture", "capture = lambda f: f"), namespace)
+    sizes = {}
+    for name, goal in (("w1ms", 1e-3), ("w10ms", 1e-2), ("w100ms", 1e-1)):
+        n = 50
+        while True:
+            t0 = time.perf_counter()
+            namespace[name](n)
+            took = time.perf_counter() - t0
+            if took > goal / 4:
+                break
+            n *= 2
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            namespace[name](n)
+            times.append(time.perf_counter() - t0)
+        sizes[name] = max(1, round(n * goal / statistics.median(times)))
+    return sizes
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def build_project(root: Path, sizes: dict[str, int], plugin: str | None) -> dict[str, str]:
+    (root / "work.py").write_text(WORK)
+    (root / "traffic.py").write_text(TRAFFIC.format(**sizes))
+    (root / "test_pb.py").write_text(PB_TESTS.format(**sizes))
+    (root / "bench_pyperf.py").write_text(PYPERF_SCRIPT.format(**sizes))
+    (root / "pytest.ini").write_text("[pytest]\npythonpath = .\n")
+    (root / ".gitignore").write_text(".perfreplay*/\n.benchmarks*/\nout/\n__pycache__/\n")
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "bench@example.com")
+    git(root, "config", "user.name", "bench")
+    git(root, "add", ".")
+    git(root, "commit", "-qm", "workloads")
+    path = [str(root)] + ([plugin] if plugin else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), PYTHONDONTWRITEBYTECODE="1")
+    for name in ("PERFREPLAY_CAPTURE", "PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS", "PERFREPLAY_STORE"):
+        env.pop(name, None)
+    for condition in CONDITIONS:  # one store (and ledger) per condition
+        store = str(root / f".perfreplay-{condition}")
+        subprocess.run(
+            [PY, "traffic.py"],
+            cwd=root,
+            env=dict(env, PERFREPLAY_CAPTURE="1", PERFREPLAY_STORE=store),
+            check=True,
+        )
+    (root / "out").mkdir()
+    return env
+
+
+def set_slow(root: Path, slow: float) -> None:
+    """The working tree's edit: ``SLOW = slow`` (0 restores the committed file)."""
+    text = WORK if slow == 0 else WORK.replace("SLOW = 0.0", f"SLOW = {slow!r}")
+    (root / "work.py").write_text(text)
+
+
+def has_baseline_flag(root: Path, env: dict[str, str]) -> bool:
+    proc = subprocess.run(
+        [PY, "-m", "pytest", "--help", "-p", "no:cacheprovider"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return "--perf-replay-baseline" in proc.stdout
+
+
+@contextmanager
+def hog(on: bool) -> Iterator[None]:
+    if not on:
+        yield
+        return
+    proc = subprocess.Popen([PY, "-c", HOG])
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# -- one session of each arm ------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    significant: bool
+    direction: str  # "slower", "faster" or "same"
+    wall: float
+    detectable: float = math.nan
+
+
+def _run(
+    cmd: list[str], root: Path, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    return proc, time.perf_counter() - t0
+
+
+def _fail(what: str, proc: subprocess.CompletedProcess[str]) -> SystemExit:
+    return SystemExit(
+        f"{what} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+
+
+def _direction(comparison: dict[str, Any]) -> str:
+    # Comparison.ratio is baseline / candidate; its verdict already names the direction.
+    verdict = comparison.get("verdict", "no change")
+    return verdict if verdict in ("slower", "faster") else "same"
+
+
+def _last_entry(store: Path, workload: str) -> dict[str, Any] | None:
+    for path in (store / "history").glob("*/*.jsonl"):
+        rows: list[dict[str, Any]] = [json.loads(line) for line in path.read_text().splitlines()]
+        rows = [r for r in rows if "event" not in r]
+        if rows and rows[-1]["target"].endswith(f":{workload}"):
+            return rows[-1]
+    return None
+
+
+@dataclass
+class Cell:
+    root: Path
+    env: dict[str, str]
+    workload: str
+    condition: str
+    quick: bool
+    pb_saved: bool = False
+    pyperf_last: Path | None = None
+    counter: int = 0
+
+    @property
+    def store(self) -> Path:
+        return self.root / f".perfreplay-{self.condition}"
+
+    def _budget(self) -> list[str]:
+        return ["--perf-replay-max-time=3"] if self.quick else []
+
+    def cross(self) -> tuple[Verdict | None, Verdict | None]:
+        """(as reported, recomputed without the machine-move allowance); None on the first."""
+        cmd = [PY, "-m", "pytest", "--perf-replay", "-q", "-p", "no:cacheprovider"]
+        cmd += ["-k", self.workload, *self._budget()]
+        env = dict(self.env, PERFREPLAY_STORE=str(self.store))
+        before = _last_entry(self.store, self.workload)
+        proc, wall = _run(cmd, self.root, env)
+        entry = _last_entry(self.store, self.workload)
+        if proc.returncode != 0 or entry is None:
+            raise _fail("perfreplay session", proc)
+        vs = entry.get("vs_previous")
+        if vs is None or before is None:
+            return None, None
+        reported = Verdict(vs["significant"], _direction(vs), wall, vs.get("detectable", math.nan))
+        plain = compare(before["samples"], entry["samples"], drift=entry.get("drift") or 0.0)
+        nomove = Verdict(plain.significant, _direction({"verdict": plain.verdict}), wall)
+        return reported, nomove
+
+    def paired(self) -> Verdict:
+        out = self.root / "out" / "paired.json"
+        out.unlink(missing_ok=True)
+        cmd = [PY, "-m", "pytest", "--perf-replay", "--perf-replay-baseline=HEAD", "-q"]
+        cmd += ["-p", "no:cacheprovider", "-k", self.workload, f"--benchmark-json={out}"]
+        cmd += self._budget()
+        env = dict(self.env, PERFREPLAY_STORE=str(self.store))
+        proc, wall = _run(cmd, self.root, env)
+        if proc.returncode != 0 or not out.exists():
+            raise _fail("paired session", proc)
+        (bench,) = json.loads(out.read_text())["benchmarks"]
+        v = bench["extra_info"]["paired"]
+        return Verdict(bool(v["significant"]), str(v["direction"]), wall)
+
+    def pb(self) -> Verdict | None:
+        storage = f"file://{self.root}/.benchmarks-{self.condition}-{self.workload}"
+        cmd = [PY, "-m", "pytest", "test_pb.py", "-q", "-p", "no:cacheprovider"]
+        cmd += ["-k", self.workload, f"--benchmark-storage={storage}", "--benchmark-autosave"]
+        if self.pb_saved:
+            cmd += ["--benchmark-compare", "--benchmark-compare-fail=median:5%"]
+        proc, wall = _run(cmd, self.root, self.env)
+        failed = "Performance has regressed" in proc.stdout + proc.stderr
+        if proc.returncode != 0 and not failed:
+            raise _fail("pytest-benchmark session", proc)
+        first = not self.pb_saved
+        self.pb_saved = True
+        if first:
+            return None
+        return Verdict(failed, "slower" if failed else "same", wall)
+
+    def pyperf(self) -> Verdict | None:
+        self.counter += 1
+        out = self.root / "out" / f"pyperf-{self.condition}-{self.workload}-{self.counter}.json"
+        cmd = [PY, "bench_pyperf.py", "--workload", self.workload, "--quiet", "-o", str(out)]
+        if self.quick:
+            cmd.append("--fast")
+        proc, wall = _run(cmd, self.root, self.env)
+        if proc.returncode != 0:
+            raise _fail("pyperf run", proc)
+        previous, self.pyperf_last = self.pyperf_last, out
+        if previous is None:
+            return None
+        proc, more = _run(
+            [PY, "-m", "pyperf", "compare_to", str(previous), str(out)], self.root, self.env
+        )
+        if proc.returncode != 0:
+            raise _fail("pyperf compare_to", proc)
+        text = proc.stdout
+        if "Not significant" in text or "not significant" in text:
+            return Verdict(False, "same", wall + more)
+        direction = "slower" if "slower" in text else "faster" if "faster" in text else "same"
+        return Verdict(direction != "same", direction, wall + more)
+
+
+# -- the experiment ---------------------------------------------------------------------
+
+
+def step(cell: Cell, arms: list[str], tallies: dict[str, Tally], slow: float, trial: str) -> None:
+    """One session of every arm with the working tree at ``slow``; ``trial`` says what the
+    comparison with the previous session is: "aa", "power", or "none" (a reset session)."""
+    set_slow(cell.root, slow)
+    results: dict[str, Verdict | None] = {}
+    if "cross" in arms or "cross-nomove" in arms:
+        results["cross"], results["cross-nomove"] = cell.cross()
+    if "pb" in arms:
+        results["pb"] = cell.pb()
+    if "pyperf" in arms:
+        results["pyperf"] = cell.pyperf()
+    if "paired" in arms and not tallies["paired"].note:
+        # Paired trials stand alone: the committed tree is A/A, a slow tree a power trial.
+        pv = cell.paired()
+        t = tallies["paired"]
+        t.walls.append(pv.wall)
+        if slow == 0:
+            t.aa.append(pv.significant)
+        else:
+            t.add_power(
+                slow,
+                pv.significant and pv.direction == "slower",
+                pv.significant and pv.direction == "faster",
+            )
+    for arm, v in results.items():
+        if arm not in arms or v is None or trial == "none":
+            continue
+        t = tallies[arm]
+        t.walls.append(v.wall)
+        if not math.isnan(v.detectable):
+            t.detectable.append(v.detectable)
+        if trial == "aa":
+            t.aa.append(v.significant)
+        else:
+            t.add_power(
+                slow,
+                v.significant and v.direction == "slower",
+                v.significant and v.direction == "faster",
+            )
+
+
+def run_cell(
+    cell: Cell, arms: list[str], aa: int, power: int, paired_note: str
+) -> dict[str, Tally]:
+    tallies = {arm: Tally() for arm in arms}
+    if "paired" in tallies and paired_note:
+        tallies["paired"].note = paired_note
+    plan = [(0.0, "none")]  # the first session has nothing to compare with
+    plan += [(0.0, "aa")] * aa
+    for slow in SLOWDOWNS:
+        plan += [(slow, "power"), (0.0, "none")] * power  # "none": back to the committed tree
+    for i, (slow, trial) in enumerate(plan, start=1):
+        step(cell, arms, tallies, slow, trial)
+        if i % 10 == 0 and i < len(plan):  # a long run's partial output stays usable
+            print(f"\n### {cell.workload} {cell.condition}: {i}/{len(plan)} sessions", flush=True)
+            print_table([(cell.workload, cell.condition, arm, tallies[arm]) for arm in arms])
+    set_slow(cell.root, 0.0)
+    return tallies
+
+
+def print_table(rows: list[tuple[str, str, str, Tally]]) -> None:
+    print(
+        "| workload | machine | arm | A/A significant | 2% slowdown detected | "
+        "5% slowdown detected | wrong direction | wall per comparison (median s) | "
+        "smallest detectable (median) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for workload, condition, arm, t in rows:
+        if t.note:
+            print(f"| {workload} | {condition} | {arm} | {t.note} | | | | | |")
+            continue
+        p2, p5 = t.power.get(0.02, []), t.power.get(0.05, [])
+        trials = len(p2) + len(p5)
+        wall = f"{statistics.median(t.walls):.1f}" if t.walls else "-"
+        det = f"{statistics.median(t.detectable):.1%}" if t.detectable else "-"
+        print(
+            f"| {workload} | {condition} | {arm} | {rate(sum(t.aa), len(t.aa))} | "
+            f"{rate(sum(p2), len(p2))} | {rate(sum(p5), len(p5))} | {t.wrong}/{trials} | "
+            f"{wall} | {det} |"
+        )
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke check: minutes, not hours")
+    parser.add_argument("--aa", type=int, default=None, help="A/A comparisons per cell")
+    parser.add_argument("--power", type=int, default=None, help="trials per slowdown per cell")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--keep", action="store_true", help="keep the scratch project")
+    parser.add_argument(
+        "--plugin-path",
+        default=None,
+        help="import pytest_perfreplay from this folder in the sessions (another checkout)",
+    )
+    args = parser.parse_args()
+    aa = args.aa if args.aa is not None else (2 if args.quick else 100)
+    power = args.power if args.power is not None else (1 if args.quick else 40)
+    arms = args.arms.split(",")
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {sorted(unknown)}; choose from {', '.join(ARMS)}")
+
+    root = Path(tempfile.mkdtemp(prefix="perfreplay-verdicts-"))
+    started = time.perf_counter()
+    try:
+        sizes = calibrate()
+        env = build_project(root, sizes, args.plugin_path)
+        paired_note = ""
+        if "paired" in arms and not has_baseline_flag(root, env):
+            paired_note = "skipped: this pytest-perfreplay has no --perf-replay-baseline"
+            print(f"paired arm {paired_note}", flush=True)
+        print(
+            f"# verdicts ({'quick' if args.quick else 'full'}): {aa} A/A comparisons and "
+            f"{power} trials per slowdown per cell; loop sizes {sizes}; python "
+            f"{sys.version.split()[0]}, {os.cpu_count()} CPUs; load average at start "
+            f"{os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        rows: list[tuple[str, str, str, Tally]] = []
+        for condition in args.conditions.split(","):
+            for workload in args.workloads.split(","):
+                t0 = time.perf_counter()
+                cell = Cell(root, env, workload, condition, args.quick)
+                with hog(condition == "loaded"):
+                    tallies = run_cell(cell, arms, aa, power, paired_note)
+                rows.extend((workload, condition, arm, tallies[arm]) for arm in arms)
+                print(
+                    f"\n## after {workload} {condition} ({time.perf_counter() - t0:.0f} s; "
+                    f"load average {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
+                print_table(rows)
+        print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    finally:
+        if args.keep:
+            print(f"scratch project kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
