@@ -17,6 +17,7 @@ from .rounds import RoundPolicy
 PROFILERS = ("auto", "py-spy", "pyinstrument")
 ESTIMATORS = ("median", "mean", "min")
 GC_POLICIES = ("collect", "disable", "enable")
+MEASURES = ("time", "instructions", "cycles")
 
 
 def _fraction(value: str) -> float:
@@ -119,6 +120,13 @@ OPTIONS: tuple[_Option, ...] = (
         "precision target is missed and budget remains; 1 times in this process",
         "1",
         _positive_int,
+    ),
+    _Option(
+        "measure",
+        "what to measure: time (wall clock), or instructions or cycles counted under valgrind "
+        "(deterministic, blind to I/O and waiting)",
+        "time",
+        _choice(MEASURES),
     ),
     _Option(
         "drift",
@@ -256,6 +264,8 @@ class ReplayConfig:
     profile_idle: bool
     profile_nonblocking: bool
     profile_diff_threshold: float
+    measure: str = "time"
+    max_time_explicit: bool = False  # given by flag or ini, not the default
 
     def policy(self, **overrides: Any) -> RoundPolicy:
         fields: dict[str, Any] = {
@@ -317,4 +327,7 @@ class ReplayConfig:
             profile_idle=bool(v["profile-idle"]),
             profile_nonblocking=bool(v["profile-nonblocking"]),
             profile_diff_threshold=v["profile-diff-threshold"],
+            measure=v["measure"],
+            max_time_explicit=config.getoption(_dest("max-time")) is not None
+            or config.getini(_ini_name("max-time")) != "10",
         )

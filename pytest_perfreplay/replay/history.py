@@ -41,6 +41,7 @@ class Entry:
     processes: int = 1
     group_estimates: list[float] = field(default_factory=list)
     code_hash: str | None = None  # of the target replayed: equal hashes make an A/A pair
+    unit: str = "seconds"  # or "instructions" / "cycles": never compared across units
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
@@ -57,6 +58,7 @@ def aa_pairs(entries: Sequence[Entry]) -> list[tuple[float, float]]:
         and a.code_hash == b.code_hash
         and a.estimator == b.estimator
         and a.processes == b.processes == 1
+        and a.unit == b.unit == "seconds"
     ]
 
 

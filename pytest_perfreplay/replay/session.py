@@ -37,6 +37,7 @@ class ItemOutcome:
     profile_path: Path | None = None
     profile_lines: list[str] = field(default_factory=list)
     error: str | None = None
+    measure_lines: list[str] = field(default_factory=list)  # a count's block (not timed)
 
 
 @dataclass
