@@ -337,6 +337,7 @@ def profile_instructions(
         run_under(valgrind, callgrind_args(raw), job, pad=0, workdir=Path(tmp), timeout=timeout)
         graph = parse_callgrind(first_dump(raw).read_text(errors="replace"))
     doc = to_speedscope(graph, name=f"{name} ({calls} calls, callgrind)", exporter=exporter)
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(doc, separators=(",", ":")).encode(), mode=0o644)
     summary = speedscope.summarize(doc, top=top)
     lines = [
