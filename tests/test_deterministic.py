@@ -245,3 +245,41 @@ def test_waiting_note_flags_a_call_that_mostly_waits() -> None:
     assert note is not None and note.startswith("!! 98% of this call's wall time")
     assert "--perf-replay-measure=time" in note
     assert "neither I/O, nor sleeping, nor waiting on locks or the network" in BLIND_SPOTS
+
+
+def test_history_table_keeps_counts_and_times_apart() -> None:
+    from pytest_perfreplay.cli.history import table
+    from pytest_perfreplay.replay.history import Entry, aa_pairs
+
+    def entry(i: int, unit: str, estimate: float, samples: list[float]) -> Entry:
+        return Entry(
+            iteration=i,
+            time=0.0,
+            commit="abc",
+            dirty=False,
+            target="svc:f",
+            snapshot="s",
+            estimator="median" if unit == "seconds" else "mean",
+            estimate=estimate,
+            low=estimate,
+            high=estimate,
+            precision=0.0,
+            rounds=len(samples) or 5,
+            target_met=True,
+            samples=samples,
+            processes=1 if unit == "seconds" else 3,
+            group_estimates=[] if unit == "seconds" else [estimate, estimate + 3, estimate - 3],
+            code_hash="h",
+            unit=unit,
+        )
+
+    timed = [0.010 + 0.00001 * k for k in range(30)]
+    entries = [
+        entry(1, "seconds", 0.010, timed),
+        entry(2, "instructions", 1_000_000.0, []),
+        entry(3, "seconds", 0.005, [x / 2 for x in timed]),
+    ]
+    lines = table(entries)
+    assert "1,000,000  instructions per call, spread over 3 processes 0.0006%" in lines[2]
+    assert "2x faster" in lines[3]  # iteration 3 against iteration 1, not the count
+    assert aa_pairs(entries) == []  # a count and a time never make an A/A pair

@@ -49,7 +49,7 @@ def _change(c: Comparison | None) -> str:
 
 
 def _compare(a: Entry, b: Entry) -> Comparison | None:
-    if not a.samples or not b.samples:
+    if not a.samples or not b.samples or a.unit != b.unit:
         return None
     est = b.estimator if b.estimator in ("median", "mean", "min") else "median"
     return compare(a.samples, b.samples, estimator=est)  # type: ignore[arg-type]
@@ -65,8 +65,16 @@ def table(entries: list[Entry]) -> list[str]:
     for i, e in enumerate(entries):
         commit = (e.commit or "-") + ("*" if e.dirty else "")
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.time))
-        prev = _compare(entries[i - 1], e) if i > 0 else None
-        first = _compare(entries[0], e) if i > 1 else None
+        timed = [x for x in entries[:i] if x.unit == e.unit]  # comparable: same unit only
+        prev = _compare(timed[-1], e) if timed else None
+        first = _compare(timed[0], e) if len(timed) > 1 else None
+        if e.unit != "seconds":  # a count, not a time: its own unit, never compared
+            lines.append(
+                f"  {e.iteration:>4}  {when:<16} {commit:<13} {e.estimate:>11,.0f}  "
+                f"{e.unit} per call, spread over {e.processes} processes "
+                f"{_count_spread(e):.4%} (deterministic)"
+            )
+            continue
         lines.append(
             f"  {e.iteration:>4}  {when:<16} {commit:<13} {_ms(e.estimate):>11}  "
             f"{'[' + _ms(e.low) + ', ' + _ms(e.high) + ']':<19} {e.precision:>7.2%}  "
@@ -74,6 +82,11 @@ def table(entries: list[Entry]) -> list[str]:
             f"{_change(prev):<15} {_change(first):<15}"
         )
     return lines
+
+
+def _count_spread(e: Entry) -> float:
+    values = e.group_estimates or [e.estimate]
+    return (max(values) - min(values)) / e.estimate if e.estimate else 0.0
 
 
 def _bar(seconds: float) -> float:
@@ -92,7 +105,8 @@ def plot(ledgers: list[tuple[str, list[Entry]]], out: Path, title: str) -> None:
             "'pytest-perfreplay[plot]' (or pip install matplotlib)"
         ) from None
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, entries in ledgers:
+    for name, all_entries in ledgers:
+        entries = [e for e in all_entries if e.unit == "seconds"]  # counts are not ms
         xs = [e.iteration for e in entries]
         ys = [e.estimate * 1e3 for e in entries]
         lower = [

@@ -417,18 +417,46 @@ def cycles(events: Mapping[str, float]) -> float:
     return l1 * (accesses - l1_miss) + ll * (l1_miss - ram) + mem * ram
 
 
-def _one_process(
-    vg: Valgrind, mode: str, base: CountJob, pad: int, workdir: Path, timeout: float
-) -> dict[str, float]:
-    """Per-call events of one process: (N calls) minus (0 calls), divided by N."""
-    totals = []
-    for counted in (True, False):
-        job = CountJob(**{**base.__dict__, "counted": counted})
-        out = workdir / f"cachegrind-{pad}-{counted}.out"
-        run_under(vg, _tool_args(mode, str(out)), job, pad=pad, workdir=workdir, timeout=timeout)
-        totals.append(parse_cachegrind(out))
-    with_calls, without = totals
-    return {k: (with_calls[k] - without.get(k, 0)) / base.calls for k in with_calls}
+def _run_total(
+    vg: Valgrind,
+    mode: str,
+    base: CountJob,
+    pad: int,
+    counted: bool,
+    workdir: Path,
+    timeout: float,
+) -> dict[str, int]:
+    """Event totals of one whole counting process (the counted or the reference run)."""
+    job = CountJob(**{**base.__dict__, "counted": counted})
+    out = workdir / f"cachegrind-{pad}-{'calls' if counted else 'reference'}.out"
+    run_under(vg, _tool_args(mode, str(out)), job, pad=pad, workdir=workdir, timeout=timeout)
+    return parse_cachegrind(out)
+
+
+def _processes(
+    vg: Valgrind,
+    mode: str,
+    base: CountJob,
+    pads: Sequence[int],
+    workdir: Path,
+    timeout: float,
+    jobs: int,
+) -> list[dict[str, float]]:
+    """Per-call events of each process: (N calls) minus (0 calls), divided by N.
+
+    The runs are independent processes and valgrind counts are not disturbed by load,
+    so they run ``jobs`` at a time.
+    """
+    runs = [(pad, counted) for pad in pads for counted in (True, False)]
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(runs)))) as pool:
+        totals = list(
+            pool.map(lambda r: _run_total(vg, mode, base, r[0], r[1], workdir, timeout), runs)
+        )
+    out = []
+    for i in range(0, len(totals), 2):
+        with_calls, without = totals[i], totals[i + 1]
+        out.append({k: (with_calls[k] - without.get(k, 0)) / base.calls for k in with_calls})
+    return out
 
 
 def count_calls(
@@ -475,20 +503,15 @@ def count_calls(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="perfreplay-count-") as tmp:
         workdir = Path(tmp)
-        first = _one_process(vg, mode, base, 0, workdir, timeout)
+        per_events = _processes(vg, mode, base, [0], workdir, timeout, jobs)
         if check_estimate is not None:
             one = time.perf_counter() - started
-            check_estimate(one * (1 + math.ceil((processes - 1) / max(1, jobs))))
-        rest: list[dict[str, float]] = []
+            check_estimate(one * (1 + math.ceil(2 * (processes - 1) / max(2, jobs))))
         if processes > 1:
-            with ThreadPoolExecutor(max_workers=min(jobs, processes - 1)) as pool:
-                futures = [
-                    pool.submit(_one_process, vg, mode, base, pad, workdir, timeout)
-                    for pad in range(1, processes)
-                ]
-                rest = [f.result() for f in futures]
+            pads = list(range(1, processes))
+            per_events += _processes(vg, mode, base, pads, workdir, timeout, jobs)
     elapsed = time.perf_counter() - started
-    per_events = [first, *rest]
+    first = per_events[0]
     values = [cycles(e) if mode == "cycles" else e["Ir"] for e in per_events]
     mean, low, high, spread, method = summarize(values, confidence)
     events = {k: sum(e[k] for e in per_events) / len(per_events) for k in first}
