@@ -283,3 +283,31 @@ def test_history_table_keeps_counts_and_times_apart() -> None:
     assert "1,000,000  instructions per call, spread over 3 processes 0.0006%" in lines[2]
     assert "2x faster" in lines[3]  # iteration 3 against iteration 1, not the count
     assert aa_pairs(entries) == []  # a count and a time never make an A/A pair
+
+
+def test_count_pair_counts_both_sides_alike_with_the_baseline_root_first() -> None:
+    from pytest_perfreplay.replay.deterministic import count_pair
+
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    def fake_counter(snapshot: str, target: str, **options: object) -> CountResult:
+        calls.append((target, options))
+        roots = options["import_roots"]
+        return count(BASE if roots else [x * 0.982 for x in BASE])
+
+    baseline, candidate, v = count_pair(
+        "s.prsnap",
+        "svc:work",
+        baseline_root="/tmp/base-tree",
+        rev="HEAD",
+        sha="abc",
+        counter=fake_counter,
+        store=".perfreplay",
+        mode="instructions",
+        processes=3,
+        import_roots=["ignored"],
+    )
+    assert [c[1]["import_roots"] for c in calls] == [["/tmp/base-tree"], []]
+    assert all(c[1]["processes"] == 3 and c[1]["store"] == ".perfreplay" for c in calls)
+    assert v.line() == "1.8% fewer instructions than HEAD (deterministic)"
+    assert baseline.per_process == tuple(BASE) and candidate.estimate < baseline.estimate

@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .paired import PairedVerdict
@@ -163,6 +164,38 @@ def deterministic_verdict(
         min_effect=min_effect,
         confidence=confidence,
     )
+
+
+def count_pair(
+    snapshot_path: str | Path,
+    target: str,
+    *,
+    baseline_root: str | Path,
+    rev: str,
+    sha: str,
+    min_effect: float = MIN_EFFECT,
+    confidence: float = 0.95,
+    counter: Callable[..., CountResult] | None = None,
+    **count_options: Any,
+) -> tuple[CountResult, CountResult, DeterministicVerdict]:
+    """Count the baseline tree and today's code alike, and judge the change.
+
+    The baseline differs only by its import root (a checkout of ``rev``, first on
+    ``sys.path``); everything else in ``count_options`` (store, mode, processes, warmup,
+    calls, gc, ...) is the same for both sides, so their processes pair up one to one.
+    Counts are not disturbed by load, so the sides need no interleaving.
+    """
+    if counter is None:
+        from .valgrind import count_calls
+
+        counter = count_calls
+    options = {k: v for k, v in count_options.items() if k != "import_roots"}
+    baseline = counter(snapshot_path, target, import_roots=[str(baseline_root)], **options)
+    candidate = counter(snapshot_path, target, import_roots=[], **options)
+    verdict = deterministic_verdict(
+        baseline, candidate, rev=rev, sha=sha, min_effect=min_effect, confidence=confidence
+    )
+    return baseline, candidate, verdict
 
 
 def gate_failure(verdict: PairedVerdict, fail_slower: float | None) -> str | None:
