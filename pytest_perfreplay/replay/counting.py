@@ -83,12 +83,16 @@ def run(job: dict[str, Any]) -> None:
     marker = bool(job.get("marker"))
     if marker:
         prepared = [snapshot.load_call({}) for _ in range(n)]
+        if policy == "collect":
+            gc.freeze()  # as in timed rounds: collections scan what the calls made, not this
         os.getpgrp()  # ZERO_MARKER
         for args, kwargs in prepared:
             one(args, kwargs, True)
         os.getppid()  # DUMP_MARKER
         return
     # N fresh argument sets in both runs; only the counted run makes the calls.
+    if policy == "collect":
+        gc.freeze()  # as in timed rounds: collections scan what the rounds made
     counted = bool(job["counted"])
     for _ in range(n):
         args, kwargs = snapshot.load_call({})
