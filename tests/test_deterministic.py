@@ -311,3 +311,14 @@ def test_count_pair_counts_both_sides_alike_with_the_baseline_root_first() -> No
     assert all(c[1]["processes"] == 3 and c[1]["store"] == ".perfreplay" for c in calls)
     assert v.line() == "1.8% fewer instructions than HEAD (deterministic)"
     assert baseline.per_process == tuple(BASE) and candidate.estimate < baseline.estimate
+
+
+def test_a_call_below_the_process_noise_is_said_to_be_uncountable() -> None:
+    from pytest_perfreplay.replay.deterministic import count_lines, countable
+
+    busy = PlainCalls(wall=(0.03,), cpu=(0.0001,), unpickle=0.0)
+    lines = count_lines(count([-600.0, 250.0, -100.0]), busy)
+    assert not countable(count([-600.0, 250.0, -100.0]))
+    assert any("does too little work to count apart from the process itself" in x for x in lines)
+    assert any(x.startswith("  !! 100% of this call's wall time") for x in lines)
+    assert countable(count(BASE))

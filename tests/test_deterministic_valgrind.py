@@ -38,16 +38,16 @@ def checksum(values):
 
 
 @capture
-def napper(x):
-    time.sleep(0.02)  # waiting: invisible to a count
-    return x
+def napper(n):
+    time.sleep(0.03)  # waiting: invisible to a count
+    return sum(range(n))  # and a little counted work
 """
 
 TRAFFIC = """
 import svc
 
 svc.checksum(list(range(3000)))
-svc.napper(1)
+svc.napper(20_000)
 """
 
 
@@ -118,7 +118,9 @@ def test_instructions_are_counted_reported_kept_and_compared(
     assert info["unit"] == "instructions" and counts["unit"] == "instructions"
     assert len(counts["per_process"]) == 3 and counts["processes"] == 3
     assert counts["low"] <= counts["estimate"] <= counts["high"]
-    assert counts["spread"] < 0.001  # deterministic: far below any clock's noise
+    # The processes differ in memory layout on purpose; that moves this loop's count a
+    # little, nothing like a clock's noise between runs.
+    assert counts["spread"] < 0.05
     assert counts["estimate"] > 100_000  # a 3000-step loop of bytecode
     # pytest-benchmark's stats stay seconds (plain calls), never counts.
     assert 0 < b["stats"]["median"] < 1 and b["stats"]["rounds"] >= 1

@@ -304,6 +304,11 @@ def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
             f"{result.cache and result.cache['LL']} (size,ways,line)"
         )
         lines.append(f"  instructions per call {_fmt_count(result.events.get('Ir', math.nan))}")
+    if not countable(result):
+        lines.append(
+            f"  !! the counted calls executed no more {words} than the same process without "
+            "them: the call does too little work to count apart from the process itself"
+        )
     lines.append(
         f"  plain call: wall {plain.wall_median * 1e3:.3g} ms, CPU {plain.cpu_share:.0%} of "
         f"wall over {len(plain.wall)} calls"
@@ -312,6 +317,11 @@ def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
     if note:
         lines.append(f"  {note}")
     return lines
+
+
+def countable(result: CountResult) -> bool:
+    """Whether every process counted a positive amount of work per call."""
+    return min(result.per_process) > 0
 
 
 def count_item(
@@ -394,6 +404,8 @@ def count_item(
     for label, entry in (("previous", same_unit[-1:]), ("first", same_unit[:1])):
         if not entry or (label == "first" and len(same_unit) < 2):
             continue
+        if not countable(result) or min(entry[0].group_estimates) <= 0:
+            continue  # nothing measurable to compare
         v = verdict_from_counts(
             entry[0].group_estimates,
             result.per_process,
