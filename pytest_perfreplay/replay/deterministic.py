@@ -297,12 +297,9 @@ def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
         f"process as {result.calls} calls minus 0 calls; valgrind {result.valgrind}, "
         f"{result.elapsed:.1f} s",
     ]
-    if result.unit == "cycles":
-        lines.append(
-            f"  {result.formula}; caches I1 {result.cache and result.cache['I1']}, "
-            f"D1 {result.cache and result.cache['D1']}, LL "
-            f"{result.cache and result.cache['LL']} (size,ways,line)"
-        )
+    if result.unit == "cycles" and result.cache:
+        caches = ", ".join(f"{name} {geometry}" for name, geometry in result.cache.items())
+        lines.append(f"  {result.formula}; caches {caches} (size,ways,line)")
         lines.append(f"  instructions per call {_fmt_count(result.events.get('Ir', math.nan))}")
     if not countable(result):
         lines.append(
