@@ -194,7 +194,8 @@ def test_plan_and_the_too_long_refusal() -> None:
     message = too_long(estimate, 10, "3 processes")
     assert message is not None
     assert f"about {estimate:.0f} s (3 processes), over the 10 s budget" in message
-    assert "--perf-replay-max-time" in message
+    assert "--perf-replay-max-time" in message and "rather than cycles" not in message
+    assert "rather than cycles" in (too_long(estimate, 10, "x", "cycles") or "")
     assert too_long(estimate, estimate + 1, "x") is None
 
 

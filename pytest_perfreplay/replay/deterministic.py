@@ -362,12 +362,13 @@ def count_item(
         budget,
         f"{processes} processes x 2 runs of {p.warmup + p.calls} calls of "
         f"{plain.wall_median * 1e3:.3g} ms, {SLOWDOWN_TEXT[mode]} under valgrind",
+        mode,
     )
     if refusal:
         raise ReplayFailure(refusal)
 
     def check(estimate: float) -> None:
-        why = too_long(estimate, budget, "estimated from the first process counted here")
+        why = too_long(estimate, budget, "estimated from the first process counted here", mode)
         if why:
             raise CountError(why)
 

@@ -205,14 +205,18 @@ def plan(
     return Plan(warmup, calls, processes, native_call, native_args)
 
 
-def too_long(estimate: float, budget: float, what: str) -> str | None:
+def too_long(estimate: float, budget: float, what: str, mode: str = "instructions") -> str | None:
     if estimate <= budget:
         return None
     return (
         f"counting this snapshot would take about {estimate:.0f} s ({what}), over the "
         f"{budget:g} s budget: raise --perf-replay-max-time (e.g. {math.ceil(estimate * 1.5)})"
-        ", or count instructions rather than cycles (no cache simulation: several times "
-        "cheaper)"
+        + (
+            ", or count instructions rather than cycles (no cache simulation: several times "
+            "cheaper)"
+            if mode == "cycles"
+            else ""
+        )
     )
 
 
