@@ -42,6 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
             "--perf-replay-processes N spreads rounds over fresh processes the right way."
         )
     configure_capture(enabled=False)  # replaying must never capture again
+    if cfg.measure != "time":
+        from .replay.valgrind import CountError, preflight
+
+        try:
+            preflight()
+        except CountError as exc:
+            raise pytest.UsageError(str(exc)) from None
     store = Store(cfg.store)
     pulled: list[str] = []
     if cfg.store_url is not None:

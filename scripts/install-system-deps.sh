@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# What the real-parts tests need beyond PyPI: Debian's Chromium and npm's speedscope app.
+# What the real-parts tests need beyond PyPI: Debian's Chromium and valgrind (deterministic
+# mode), and npm's speedscope app.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -19,4 +21,4 @@ fi
 if [ ! -f "$(npm root -g)/speedscope/package.json" ]; then
   npm install -g --silent speedscope@1.25.0
 fi
-echo "system deps: $(chromium --version 2>/dev/null | head -1); speedscope $(node -p "require('$(npm root -g)/speedscope/package.json').version")"
+echo "system deps: $(chromium --version 2>/dev/null | head -1); $(valgrind --version); speedscope $(node -p "require('$(npm root -g)/speedscope/package.json').version")"

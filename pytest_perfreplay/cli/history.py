@@ -87,6 +87,13 @@ def table(entries: list[Entry], *, verbose: bool = False) -> list[str]:
     for e in entries:
         commit = (e.commit or "-") + ("*" if e.dirty else "")
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.time))
+        if e.unit != "seconds":  # a count, not a time: its own unit, never compared
+            lines.append(
+                f"  {e.iteration:>4}  {when:<16} {commit:<13} {e.estimate:>11,.0f}  "
+                f"{e.unit} per call, spread over {e.processes} processes "
+                f"{_count_spread(e):.4%} (deterministic)"
+            )
+            continue
         first = _change(e.vs_first)
         if e.vs_first and "against" in e.vs_first:
             first += f" (#{e.vs_first['against']})"
@@ -100,6 +107,11 @@ def table(entries: list[Entry], *, verbose: bool = False) -> list[str]:
         if verbose and e.change:
             lines.append(f"        change: {e.change}")
     return lines
+
+
+def _count_spread(e: Entry) -> float:
+    values = e.group_estimates or [e.estimate]
+    return (max(values) - min(values)) / e.estimate if e.estimate else 0.0
 
 
 def _bar(seconds: float) -> float:
@@ -118,7 +130,8 @@ def plot(ledgers: list[tuple[str, list[Entry]]], out: Path, title: str) -> None:
             "'pytest-perfreplay[plot]' (or pip install matplotlib)"
         ) from None
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, entries in ledgers:
+    for name, all_entries in ledgers:
+        entries = [e for e in all_entries if e.unit == "seconds"]  # counts are not ms
         xs = [e.iteration for e in entries]
         ys = [e.estimate * 1e3 for e in entries]
         lower = [

@@ -18,6 +18,7 @@ PROFILERS = ("auto", "py-spy", "pyinstrument")
 ESTIMATORS = ("median", "mean", "min")
 GC_POLICIES = ("collect", "disable", "enable")
 ALLOW_UNSIGNED_ENV = "PERFREPLAY_ALLOW_UNSIGNED"
+MEASURES = ("time", "instructions", "cycles")
 
 
 def _fraction(value: str) -> float:
@@ -144,6 +145,13 @@ OPTIONS: tuple[_Option, ...] = (
         "precision target is missed and budget remains; 1 times in this process",
         "1",
         _positive_int,
+    ),
+    _Option(
+        "measure",
+        "what to measure: time (wall clock), or instructions or cycles counted under valgrind "
+        "(deterministic, blind to I/O and waiting)",
+        "time",
+        _choice(MEASURES),
     ),
     _Option(
         "drift",
@@ -332,6 +340,8 @@ class ReplayConfig:
     min_effect: float = 1.0  # percent
     fail_slower: float | None = None  # percent
     shard: tuple[int, int] | None = None
+    measure: str = "time"
+    max_time_explicit: bool = False  # given by flag or ini, not the default
 
     def policy(self, **overrides: Any) -> RoundPolicy:
         fields: dict[str, Any] = {
@@ -408,4 +418,7 @@ class ReplayConfig:
             min_effect=v["min-effect"],
             fail_slower=v["fail-slower"],
             shard=v["shard"],
+            measure=v["measure"],
+            max_time_explicit=config.getoption(_dest("max-time")) is not None
+            or config.getini(_ini_name("max-time")) != "10",
         )

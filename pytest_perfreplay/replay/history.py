@@ -56,6 +56,7 @@ class Entry:
     vs_first: dict[str, Any] | None = None
     paired: dict[str, Any] | None = None  # a paired verdict against a git baseline
     change: str | None = None  # the run's "change:" line, verbatim
+    unit: str = "seconds"  # or "instructions" / "cycles": never compared across units
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
@@ -85,6 +86,7 @@ def aa_pairs(entries: Sequence[Entry], *, after: int = 0) -> list[tuple[float, f
         and same_environment(a, b)
         and a.estimator == b.estimator
         and a.processes == b.processes == 1
+        and a.unit == b.unit == "seconds"
     ]
 
 

@@ -275,6 +275,22 @@ def _run(
         outcome.notes.append("not timed: pytest-benchmark is disabled; result checked only")
         return None
 
+    if cfg.measure != "time":
+        from .deterministic import count_item
+
+        count_item(
+            replayer=replayer,
+            benchmark=benchmark,
+            state=state,
+            outcome=outcome,
+            snapshot=snapshot,
+            func=func,
+            target=target,
+            rootdir=str(request.config.rootpath),
+            why_not_fresh=_why_not_processes(snapshot, func, target),
+        )
+        return None
+
     policy = policy or cfg.policy()
     reference = ReferenceClock()
     result = _time(replayer, state, outcome, snapshot, func, target, policy, reference)
@@ -287,8 +303,9 @@ def _run(
     report_paired(request.node, benchmark, outcome)
 
     ledger = Ledger.for_snapshot(state.store.history_dir, target, snapshot.id)
-    previous = ledger.entries()
-    outcome.iteration = previous[-1].iteration + 1 if previous else 1
+    entries = ledger.entries()
+    previous = [e for e in entries if e.unit == "seconds"]  # counts are not times
+    outcome.iteration = entries[-1].iteration + 1 if entries else 1
     current_code = code_hash(func)
     if previous:
         # Drift is learned only from reruns of identical source, interpreter and packages.

@@ -23,6 +23,11 @@ def _fmt_time(seconds: float) -> str:
 
 def header_line(state: ReplaySession, count: int) -> str:
     cfg = state.config
+    if cfg.measure != "time":
+        return (
+            f"perfreplay: store {state.store.root}, {count} snapshot(s), measure {cfg.measure} "
+            f"per call under valgrind in {max(3, cfg.processes)} processes, gc={cfg.gc}"
+        )
     where = "this process" if cfg.processes == 1 else f"{cfg.processes}+ worker processes"
     if cfg.baseline:
         pairs = cfg.processes if cfg.processes > 1 else "4"
@@ -113,6 +118,7 @@ def outcome_lines(o: ItemOutcome, cwd: Path) -> list[str]:
     lines = [title + (f"  iteration {o.iteration}" if o.iteration else "")]
     if o.error:
         lines.append(f"  FAILED: {o.error}")
+    lines.extend(o.measure_lines)
     r = o.rounds
     if r is not None:
         iv = r.interval
@@ -159,6 +165,10 @@ def _rel(path: Path, cwd: Path) -> str:
 
 def summary_lines(state: ReplaySession, cwd: Path) -> list[str]:
     lines: list[str] = []
+    if state.config.measure != "time":
+        from .deterministic import BLIND_SPOTS
+
+        lines.append(BLIND_SPOTS)
     for o in state.outcomes:
         lines.extend(outcome_lines(o, cwd))
     unsigned = [o for o in state.outcomes if o.unsigned]

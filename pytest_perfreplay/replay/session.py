@@ -46,6 +46,7 @@ class ItemOutcome:
     error: str | None = None
     paired: PairedVerdict | None = None  # --perf-replay-baseline: the paired verdict
     paired_profile: dict[str, Any] | None = None  # the baseline side's profile, if any
+    measure_lines: list[str] = field(default_factory=list)  # a count's block (not timed)
 
 
 @dataclass

@@ -1,0 +1,283 @@
+"""Deterministic mode: how stable are instruction counts, what do they detect, what do they cost?
+
+The same three pure-Python workloads as ``replay_precision.py`` (~1, ~10, ~100 ms when
+calibrated), captured once as snapshots, then counted with
+:func:`pytest_perfreplay.replay.valgrind.count_calls` exactly as
+``--perf-replay-measure=instructions`` counts them (3 processes, N calls minus 0 calls).
+Code changes are made the way a paired run sees them: a second source tree whose
+``work.py`` does a little more work, passed as the import root, against the same snapshot.
+
+Measured per workload:
+
+* **spread between sessions**: S separate counts of the unchanged code (each one a full
+  count: fresh valgrind processes); the spread (max - min) / mean, and the CV;
+* **smallest change detected**: T counts of code doing 0.5%, 1% and 2% more work, each
+  judged against one of the unchanged counts by :func:`deterministic_verdict` with a
+  ``--min-effect`` band (default 0.25%); detected = significant and "slower";
+* **A/A**: verdicts between counts of identical code (pairs of unchanged sessions, then
+  pairs of same-level tries), none should be significant;
+* **cost**: wall seconds of one count (one side) against the native call time, and the
+  issue's goal of 30x the native call plus 3 s;
+* **under load**: the ~1 ms workload counted beside a CPU hog (2 s busy, 1.3 s idle, on
+  one core), against a count without it (measured first).
+
+Usage: ``python benchmarks/instructions.py [--quick] [--sessions S] [--tries T]``.
+Results are printed as each part finishes, so a long run can be read while it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pytest_perfreplay.replay.deterministic import deterministic_verdict
+from pytest_perfreplay.replay.valgrind import CountResult, count_calls, plan, preflight
+
+WORK = """
+from pytest_perfreplay import capture
+
+EXTRA = {extra!r}  # share of extra work: the "code change"
+
+
+def _spin(n):
+    total = 0
+    for i in range(n):
+        total = (total * 31 + i) % 1_000_003
+    return total
+
+
+@capture
+def w1ms(n):
+    return _spin(n + int(n * EXTRA))
+
+
+@capture
+def w10ms(n):
+    return _spin(n + int(n * EXTRA))
+
+
+@capture
+def w100ms(n):
+    return _spin(n + int(n * EXTRA))
+"""
+
+TRAFFIC = """
+import work
+work.w1ms({n1})
+work.w10ms({n10})
+work.w100ms({n100})
+"""
+
+HOG = """
+import time
+while True:
+    end = time.perf_counter() + 2.0
+    while time.perf_counter() < end:
+        pass
+    time.sleep(1.3)
+"""
+
+WORKLOADS = ("w1ms", "w10ms", "w100ms")
+LEVELS = (0.005, 0.01, 0.02)
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def calibrate() -> dict[str, int]:
+    def spin(n: int) -> int:
+        total = 0
+        for i in range(n):
+            total = (total * 31 + i) % 1_000_003
+        return total
+
+    # CPU time, not wall time: on a shared machine a 100 ms call is preempted many times.
+    n = 50_000
+    times = []
+    for _ in range(9):
+        t0 = time.process_time()
+        spin(n)
+        times.append(time.process_time() - t0)
+    per = min(times) / n
+    return {"w1ms": int(1e-3 / per), "w10ms": int(1e-2 / per), "w100ms": int(1e-1 / per)}
+
+
+def tree(root: Path, extra: float) -> Path:
+    path = root / f"tree-{extra:g}"
+    path.mkdir(exist_ok=True)
+    (path / "work.py").write_text(WORK.format(extra=extra))
+    return path
+
+
+def capture_snapshots(root: Path, n: dict[str, int]) -> dict[str, Path]:
+    base = tree(root, 0.0)
+    (base / "traffic.py").write_text(TRAFFIC.format(n1=n["w1ms"], n10=n["w10ms"], n100=n["w100ms"]))
+    env = dict(os.environ, PERFREPLAY_CAPTURE="1", PERFREPLAY_STORE=str(root / "store"))
+    env["PYTHONPATH"] = str(base)
+    subprocess.run([sys.executable, "traffic.py"], cwd=base, env=env, check=True, timeout=300)
+    found = {}
+    from pytest_perfreplay.snapshot.format import read_header_file
+
+    for path in (root / "store" / "snapshots").glob("*/*.prsnap"):
+        found[read_header_file(path).target.split(":")[1]] = path
+    return found
+
+
+def native(n: int, repeat: int = 7) -> float:
+    """CPU seconds of one plain call of the workload in this process, the fastest of a few:
+    wall time on a shared machine counts the other processes' turns too (so the cost ratio
+    below errs against valgrind)."""
+    total = 0
+
+    def spin(k: int) -> int:
+        nonlocal total
+        for i in range(k):
+            total = (total * 31 + i) % 1_000_003
+        return total
+
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        spin(n)
+        times.append(time.process_time() - t0)
+    return min(times)
+
+
+class Counter:
+    def __init__(self, root: Path, snapshots: dict[str, Path], native: dict[str, float]) -> None:
+        self.root = root
+        self.snapshots = snapshots
+        self.native = native
+        self.vg = preflight()
+        self.counts = 0
+
+    def __call__(self, workload: str, extra: float) -> CountResult:
+        p = plan(self.native[workload], 0.0, processes=3)
+        self.counts += 1
+        return count_calls(
+            self.snapshots[workload],
+            f"work:{workload}",
+            store=self.root / "store",
+            import_roots=[str(tree(self.root, extra))],
+            processes=3,
+            warmup=p.warmup,
+            calls=p.calls,
+            valgrind=self.vg,
+        )
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.4f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: ~1 ms workload only")
+    parser.add_argument("--sessions", type=int, default=5, help="unchanged counts per workload")
+    parser.add_argument("--tries", type=int, default=10, help="counts per change level")
+    parser.add_argument("--min-effect", type=float, default=0.0025, help="verdict band")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    args = parser.parse_args()
+    workloads = ["w1ms"] if args.quick else args.workloads.split(",")
+    sessions = 2 if args.quick else args.sessions
+    tries = 1 if args.quick else args.tries
+    started = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(prefix="perfreplay-bench-instr-") as tmp:
+        root = Path(tmp)
+        n = calibrate()
+        snapshots = capture_snapshots(root, n)
+        natives = {w: native(n[w]) for w in WORKLOADS}
+        count = Counter(root, snapshots, natives)
+        vg = count.vg
+        say(
+            f"valgrind {vg.version_text}, {'setarch -R' if vg.setarch else 'ASLR on'}, "
+            f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each count: 3 processes "
+            f"x (N calls, 0 calls); verdict band ±{args.min_effect:.2%}"
+        )
+        say(
+            f"workloads calibrated to n={n}; native call: "
+            + ", ".join(f"{w} {natives[w] * 1e3:.2f} ms" for w in WORKLOADS)
+        )
+
+        # Under load first, so that a long run that is cut short still shows it.
+        loaded = "w1ms"
+        say(f"\n## under load ({loaded}, CPU hog: 2 s busy / 1.3 s idle, one core)")
+        quiet = count(loaded, 0.0)
+        hog = subprocess.Popen([sys.executable, "-c", HOG])
+        try:
+            busy = count(loaded, 0.0)
+        finally:
+            hog.kill()
+            hog.wait()
+        say(
+            f"without hog {quiet.estimate:,.1f}, beside the hog {busy.estimate:,.1f} "
+            f"instructions per call: difference {pct(abs(busy.estimate / quiet.estimate - 1))}; "
+            f"wall {quiet.elapsed:.1f} s vs {busy.elapsed:.1f} s"
+        )
+        for workload in workloads:
+            say(f"\n## {workload}")
+            base: list[CountResult] = []
+            for _ in range(sessions):
+                base.append(count(workload, 0.0))
+            means = [r.estimate for r in base]
+            m = statistics.fmean(means)
+            spread = (max(means) - min(means)) / m
+            cv = statistics.stdev(means) / m if len(means) > 1 else 0.0
+            say(
+                f"spread between {len(base)} sessions: {pct(spread)} (CV {pct(cv)}); "
+                f"instructions per call {m:,.0f}; within-session spread over 3 processes "
+                f"(median) {pct(statistics.median(r.spread for r in base))}"
+            )
+            walls = [r.elapsed for r in base]
+            goal = 30 * natives[workload] + 3
+            say(
+                f"cost of one count (one side): median {statistics.median(walls):.1f} s "
+                f"[{min(walls):.1f}-{max(walls):.1f}] for a {natives[workload] * 1e3:.2f} ms "
+                f"call ({base[0].warmup} warm-up + {base[0].calls} counted calls per run); "
+                f"goal 30x native + 3 s = {goal:.1f} s: "
+                f"{'met' if statistics.median(walls) <= goal else 'NOT met'} "
+                f"({statistics.median(walls) / goal:.1f}x the goal)"
+            )
+            aa: list[bool] = []
+            for a, b in itertools.combinations(base, 2):
+                aa.append(
+                    deterministic_verdict(
+                        a, b, rev="A", sha="", min_effect=args.min_effect
+                    ).significant
+                )
+            for level in LEVELS:
+                cands = [count(workload, level) for _ in range(tries)]
+                verdicts = [
+                    deterministic_verdict(
+                        base[i % len(base)], c, rev="base", sha="", min_effect=args.min_effect
+                    )
+                    for i, c in enumerate(cands)
+                ]
+                hits = sum(v.significant and v.direction == "slower" for v in verdicts)
+                ratios = [v.ratio - 1 for v in verdicts]
+                say(
+                    f"+{level:.1%} work: detected {hits}/{len(verdicts)}; measured change "
+                    f'{min(ratios):+.3%} .. {max(ratios):+.3%}; e.g. "{verdicts[0].line()}"'
+                )
+                for a, b in itertools.combinations(cands, 2):
+                    aa.append(
+                        deterministic_verdict(
+                            a, b, rev="A", sha="", min_effect=args.min_effect
+                        ).significant
+                    )
+            say(f"A/A verdicts: {sum(aa)} significant of {len(aa)} (identical code counted twice)")
+
+        say(f"\ntotal: {count.counts} counts in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

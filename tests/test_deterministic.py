@@ -1,0 +1,325 @@
+"""Deterministic mode, the pure parts: the verdict over two counts, the gate, the plan,
+preflight messages, cachegrind parsing, the cycle formula and the honesty note.
+
+The real-valgrind sessions are in ``test_deterministic_valgrind.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+from pytest_perfreplay.replay.deterministic import (
+    BLIND_SPOTS,
+    DeterministicVerdict,
+    PlainCalls,
+    deterministic_verdict,
+    gate_failure,
+    verdict_from_counts,
+    waiting_note,
+)
+from pytest_perfreplay.replay.paired import PairedVerdict
+from pytest_perfreplay.replay.valgrind import (
+    CYCLES_FORMULA,
+    CountError,
+    CountResult,
+    counting_env,
+    cycles,
+    parse_cachegrind,
+    parse_version,
+    plan,
+    preflight,
+    summarize,
+    too_long,
+    unsupported_platform,
+)
+
+
+def count(per_process: list[float], unit: str = "instructions") -> CountResult:
+    mean, low, high, spread, method = summarize(per_process, 0.95)
+    return CountResult(
+        unit=unit,
+        per_process=tuple(per_process),
+        estimate=mean,
+        low=low,
+        high=high,
+        confidence=0.95,
+        spread=spread,
+        calls=5,
+        warmup=2,
+        method=method,
+        tool="valgrind --tool=cachegrind",
+        valgrind="3.19.0",
+        elapsed=1.0,
+        target="svc:work",
+    )
+
+
+BASE = [12_000_000.0, 12_000_130.0, 11_999_950.0]
+
+
+def test_fewer_instructions_reads_exactly_as_promised() -> None:
+    cand = [x * 0.982 for x in BASE]
+    v = deterministic_verdict(count(BASE), count(cand), rev="HEAD", sha="abc123")
+    assert isinstance(v, PairedVerdict) and isinstance(v, DeterministicVerdict)
+    assert v.line() == "1.8% fewer instructions than HEAD (deterministic)"
+    assert v.significant and not v.equivalent
+    assert v.direction == "faster" and v.unit == "instructions" and v.deterministic
+    assert v.ratio == pytest.approx(0.982)
+    assert v.low <= v.ratio <= v.high
+    assert v.process_pairs == 3 and v.rev == "HEAD" and v.sha == "abc123"
+    assert "process pairs" in v.method
+
+
+def test_more_cycles_and_the_json_shape() -> None:
+    cand = [x * 1.05 for x in BASE]
+    v = deterministic_verdict(count(BASE, "cycles"), count(cand, "cycles"), rev="v1", sha="s")
+    assert v.line() == "5.0% more estimated cycles than v1 (deterministic)"
+    data = dataclasses.asdict(v)
+    assert set(data) == {f.name for f in dataclasses.fields(PairedVerdict)}
+    assert data["unit"] == "cycles" and data["direction"] == "slower"
+
+
+def test_a_change_inside_the_band_is_no_change_and_equivalent() -> None:
+    cand = [x * 1.002 for x in BASE]
+    v = deterministic_verdict(count(BASE), count(cand), rev="HEAD", sha="s", min_effect=0.01)
+    assert not v.significant and v.equivalent and v.direction == "same"
+    assert v.line() == (
+        "no significant change vs HEAD: 0.2% more instructions, within the 1% minimum effect "
+        "(deterministic)"
+    )
+
+
+def test_a_small_change_is_significant_with_a_small_band() -> None:
+    cand = [x * 1.005 for x in BASE]
+    v = verdict_from_counts(BASE, cand, unit="instructions", rev="HEAD", sha="", min_effect=0.002)
+    assert v.significant and v.line() == "0.5% more instructions than HEAD (deterministic)"
+
+
+def test_identical_counts_are_the_same_with_a_point_interval() -> None:
+    v = verdict_from_counts(BASE, BASE, unit="instructions", rev="HEAD", sha="")
+    assert v.ratio == 1.0 and v.low == v.high == 1.0
+    assert v.line() == "same instructions as HEAD (deterministic)"
+    assert v.equivalent and not v.significant
+
+
+def test_spread_between_processes_widens_the_interval() -> None:
+    noisy = [12e6, 12.6e6, 11.4e6]  # 10% spread: a 2% change cannot be claimed
+    cand = [x * 0.98 for x in reversed(noisy)]
+    v = verdict_from_counts(noisy, cand, unit="instructions", rev="HEAD", sha="")
+    assert not v.significant and v.high - v.low > 0.05
+
+
+def test_unequal_process_counts_use_the_welch_interval() -> None:
+    cand = [x * 0.9 for x in BASE[:2]]
+    v = verdict_from_counts(BASE, cand, unit="instructions", rev="HEAD", sha="")
+    assert "Welch" in v.method and v.significant and v.direction == "faster"
+    assert v.ratio == pytest.approx(0.9, rel=1e-4)
+
+
+def test_one_process_per_side_is_never_significant() -> None:
+    v = verdict_from_counts([10.0], [5.0], unit="instructions", rev="HEAD", sha="")
+    assert math.isinf(v.high) and not v.significant
+
+
+def test_units_must_match_and_counts_be_positive() -> None:
+    with pytest.raises(ValueError, match="cannot compare instructions with cycles"):
+        deterministic_verdict(count(BASE), count(BASE, "cycles"), rev="HEAD", sha="")
+    with pytest.raises(ValueError, match="positive"):
+        verdict_from_counts([0.0], [1.0], unit="instructions", rev="HEAD", sha="")
+
+
+def test_gate_follows_the_contract_whatever_the_unit() -> None:
+    slower = verdict_from_counts(
+        BASE, [x * 1.03 for x in BASE], unit="instructions", rev="HEAD", sha=""
+    )
+    faster = verdict_from_counts(
+        BASE, [x * 0.9 for x in BASE], unit="instructions", rev="HEAD", sha=""
+    )
+    assert gate_failure(slower, None) is None
+    assert gate_failure(slower, 5) is None  # 3% slower is under a 5% gate
+    message = gate_failure(slower, 2)
+    assert message == (
+        "3.0% more instructions than HEAD (deterministic): over the "
+        "--perf-replay-fail-slower=2% gate"
+    )
+    assert gate_failure(faster, 0) is None
+    timed = dataclasses.replace(slower, unit="seconds", deterministic=False)
+    assert gate_failure(timed, 2) is not None  # the rule does not look at the unit
+    unsure = dataclasses.replace(slower, significant=False)
+    assert gate_failure(unsure, 0) is None
+
+
+# -- preflight ------------------------------------------------------------------------------
+
+
+def test_preflight_names_the_package_when_valgrind_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PERFREPLAY_VALGRIND", raising=False)
+    with pytest.raises(
+        CountError, match=r"not on PATH: install it with `sudo apt-get install valgrind`"
+    ):
+        preflight(which=lambda name: None)
+
+
+def test_preflight_refuses_an_old_valgrind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PERFREPLAY_VALGRIND", raising=False)
+    with pytest.raises(CountError, match=r"needs valgrind >= 3\.16, found 3\.13\.0 at /opt/vg"):
+        preflight(which=lambda name: "/opt/vg", run=lambda path: "valgrind-3.13.0")
+    vg = preflight(which=lambda name: f"/usr/bin/{name}", run=lambda path: "valgrind-3.22.0")
+    assert vg.version == (3, 22, 0) and vg.version_text == "3.22.0"
+
+
+def test_platforms_where_valgrind_cannot_run() -> None:
+    assert "Apple silicon" in (unsupported_platform("Darwin", "arm64") or "")
+    assert "Windows" in (unsupported_platform("Windows", "AMD64") or "")
+    assert unsupported_platform("Darwin", "x86_64") is None
+    assert unsupported_platform("Linux", "x86_64") is None
+    assert parse_version("valgrind-3.19.0") == (3, 19, 0)
+    assert parse_version("nonsense") is None
+
+
+def test_plan_and_the_too_long_refusal() -> None:
+    short = plan(0.001, 0.0001, processes=3)
+    assert short.warmup == 10 and short.calls == 20  # quickening needs ~8 executions
+    long = plan(0.2, 0.001, processes=3)
+    assert long.warmup == 2 and long.calls == 3
+    estimate = long.estimate("instructions", startup=0.0, jobs=2)
+    assert estimate > 5 * 0.2 * 25  # five calls at ~25x, at least
+    assert long.estimate("cycles", startup=0.0, jobs=2) > estimate
+    message = too_long(estimate, 10, "3 processes")
+    assert message is not None
+    assert f"about {estimate:.0f} s (3 processes), over the 10 s budget" in message
+    assert "--perf-replay-max-time" in message and "rather than cycles" not in message
+    assert "rather than cycles" in (too_long(estimate, 10, "x", "cycles") or "")
+    assert too_long(estimate, estimate + 1, "x") is None
+
+
+# -- parsing and formulas ---------------------------------------------------------------------
+
+
+def test_parse_cachegrind_and_the_cycle_formula(tmp_path: Path) -> None:
+    out = tmp_path / "cachegrind.out"
+    out.write_text(
+        "desc: I1 cache: 32768 B, 64 B, 8-way associative\ncmd: python\n"
+        "events: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw\n"
+        "fl=x.c\nfn=f\n1 1000 10 1 400 20 2 200 10 1\n"
+        "summary: 1000 10 1 400 20 2 200 10 1\n"
+    )
+    events = parse_cachegrind(out)
+    assert events["Ir"] == 1000 and events["DLmw"] == 1
+    # accesses 1600, L1 misses 40, RAM 4: 1560 L1 hits + 5 x 36 LL hits + 30 x 4
+    assert cycles(events) == 1560 + 5 * 36 + 30 * 4
+    assert "L1 hits + 5 x LL hits + 30 x RAM" in CYCLES_FORMULA
+    bad = tmp_path / "bad.out"
+    bad.write_text("nothing here\n")
+    with pytest.raises(CountError, match="cannot read valgrind's totals"):
+        parse_cachegrind(bad)
+
+
+def test_summarize_over_processes() -> None:
+    mean, low, high, spread, method = summarize([100.0, 101.0, 99.0], 0.95)
+    assert mean == 100.0 and low < 100 < high
+    assert spread == pytest.approx(0.02)
+    assert "Student-t over 3 processes" in method
+    assert summarize([5.0, 5.0, 5.0], 0.95)[1:3] == (5.0, 5.0)
+
+
+def test_counting_env_is_reproducible_and_sized_by_process() -> None:
+    base = {"PYTHONHASHSEED": "random", "PYTHONMALLOC": "malloc", "HOME": "/root"}
+    env0 = counting_env(0, ["/baseline"], base)
+    env2 = counting_env(2, [], base)
+    assert env0["PYTHONHASHSEED"] == "0" and "PYTHONMALLOC" not in env0
+    assert env0["PYTHONPATH"].split(":")[0] == "/baseline"
+    assert len(env2["PERFREPLAY_LAYOUT_PAD"]) - len(env0["PERFREPLAY_LAYOUT_PAD"]) == 1024
+
+
+def test_waiting_note_flags_a_call_that_mostly_waits() -> None:
+    busy = PlainCalls(wall=(0.010, 0.010), cpu=(0.0098, 0.0099), unpickle=0.0)
+    idle = PlainCalls(wall=(0.100, 0.100), cpu=(0.001, 0.002), unpickle=0.0)
+    assert waiting_note(busy) is None
+    note = waiting_note(idle)
+    assert note is not None and note.startswith("!! 98% of this call's wall time")
+    assert "--perf-replay-measure=time" in note
+    assert "neither I/O, nor sleeping, nor waiting on locks or the network" in BLIND_SPOTS
+
+
+def test_history_table_keeps_counts_and_times_apart() -> None:
+    from pytest_perfreplay.cli.history import table
+    from pytest_perfreplay.replay.history import Entry, aa_pairs
+
+    def entry(i: int, unit: str, estimate: float, samples: list[float]) -> Entry:
+        return Entry(
+            iteration=i,
+            time=0.0,
+            commit="abc",
+            dirty=False,
+            target="svc:f",
+            snapshot="s",
+            estimator="median" if unit == "seconds" else "mean",
+            estimate=estimate,
+            low=estimate,
+            high=estimate,
+            precision=0.0,
+            rounds=len(samples) or 5,
+            target_met=True,
+            samples=samples,
+            processes=1 if unit == "seconds" else 3,
+            group_estimates=[] if unit == "seconds" else [estimate, estimate + 3, estimate - 3],
+            code_hash="h",
+            unit=unit,
+        )
+
+    timed = [0.010 + 0.00001 * k for k in range(30)]
+    entries = [
+        entry(1, "seconds", 0.010, timed),
+        entry(2, "instructions", 1_000_000.0, []),
+        entry(3, "seconds", 0.005, [x / 2 for x in timed]),
+    ]
+    lines = table(entries)
+    assert "1,000,000  instructions per call, spread over 3 processes 0.0006%" in lines[2]
+    assert "2x faster" in lines[3]  # iteration 3 against iteration 1, not the count
+    assert aa_pairs(entries) == []  # a count and a time never make an A/A pair
+
+
+def test_count_pair_counts_both_sides_alike_with_the_baseline_root_first() -> None:
+    from pytest_perfreplay.replay.deterministic import count_pair
+
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    def fake_counter(snapshot: str, target: str, **options: object) -> CountResult:
+        calls.append((target, options))
+        roots = options["import_roots"]
+        return count(BASE if roots else [x * 0.982 for x in BASE])
+
+    baseline, candidate, v = count_pair(
+        "s.prsnap",
+        "svc:work",
+        baseline_root="/tmp/base-tree",
+        rev="HEAD",
+        sha="abc",
+        counter=fake_counter,
+        store=".perfreplay",
+        mode="instructions",
+        processes=3,
+        import_roots=["ignored"],
+    )
+    assert [c[1]["import_roots"] for c in calls] == [["/tmp/base-tree"], []]
+    assert all(c[1]["processes"] == 3 and c[1]["store"] == ".perfreplay" for c in calls)
+    assert v.line() == "1.8% fewer instructions than HEAD (deterministic)"
+    assert baseline.per_process == tuple(BASE) and candidate.estimate < baseline.estimate
+
+
+def test_a_call_below_the_process_noise_is_said_to_be_uncountable() -> None:
+    from pytest_perfreplay.replay.deterministic import count_lines, countable
+
+    busy = PlainCalls(wall=(0.03,), cpu=(0.0001,), unpickle=0.0)
+    lines = count_lines(count([-600.0, 250.0, -100.0]), busy)
+    assert not countable(count([-600.0, 250.0, -100.0]))
+    assert any("does too little work to count apart from the process itself" in x for x in lines)
+    assert any(x.startswith("  !! 100% of this call's wall time") for x in lines)
+    assert countable(count(BASE))

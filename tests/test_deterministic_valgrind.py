@@ -1,0 +1,302 @@
+"""Deterministic mode through real pytest sessions, with the real valgrind.
+
+Kept short on purpose: tiny targets, the planner's few calls, three processes. Every count
+starts valgrind six times, so each session here takes tens of seconds on a shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_perfreplay.profile import speedscope
+from pytest_perfreplay.replay.history import Ledger
+from tests.speedscope_app import unavailable
+
+SERVICE = """
+import time
+
+from pytest_perfreplay import capture
+
+ROUNDS = 1
+
+
+@capture(keep_result=True)
+def checksum(values):
+    for _ in range(ROUNDS):  # more work, same result
+        total = 0
+        for v in values:
+            total = (total * 31 + v) % 1_000_003
+    return total
+
+
+@capture
+def napper(n):
+    time.sleep(0.03)  # waiting: invisible to a count
+    return sum(range(n))  # and a little counted work
+"""
+
+TRAFFIC = """
+import svc
+
+svc.checksum(list(range(3000)))
+svc.napper(20_000)
+"""
+
+
+@pytest.fixture
+def real_valgrind() -> str:
+    path = shutil.which("valgrind")
+    if path is None:
+        unavailable("valgrind is not installed (scripts/install-system-deps.sh installs it)")
+    assert path is not None
+    return path
+
+
+def capture_traffic(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(svc=SERVICE, traffic=TRAFFIC)
+    pytester.makeini("[pytest]\npythonpath = .\n")
+    env = dict(os.environ, PERFREPLAY_CAPTURE="1", PERFREPLAY_STORE=".perfreplay")
+    subprocess.run(
+        [sys.executable, "traffic.py"], cwd=pytester.path, env=env, check=True, timeout=120
+    )
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("--perf-replay", "-p", "no:cacheprovider", *args)
+
+
+def bench(pytester: pytest.Pytester, name: str) -> dict[str, Any]:
+    data = json.loads((pytester.path / name).read_text())
+    (only,) = data["benchmarks"]
+    return dict(only)
+
+
+def ledger_entries(pytester: pytest.Pytester) -> list[Any]:
+    (path,) = (pytester.path / ".perfreplay" / "history").glob("svc-checksum/*.jsonl")
+    return Ledger(path).entries()
+
+
+@pytest.mark.valgrind
+def test_instructions_are_counted_reported_kept_and_compared(
+    pytester: pytest.Pytester, real_valgrind: str, assert_valid_speedscope: Any
+) -> None:
+    capture_traffic(pytester)
+    first = run(
+        pytester,
+        "-k",
+        "checksum",
+        "--perf-replay-measure=instructions",
+        "--perf-replay-max-time=3000",  # a shared machine can be very slow
+        "--perf-replay-profile",
+        "--benchmark-json=b1.json",
+    )
+    first.assert_outcomes(passed=1)
+    out = first.stdout.str()
+    assert out.count("sees neither I/O, nor sleeping, nor waiting on locks or the network") == 1
+    first.stdout.fnmatch_lines(
+        [
+            "*measure instructions per call under valgrind in 3 processes*",
+            "svc:checksum *iteration 1",
+            "  instructions per call * 95% CI * spread *% over 3 processes (deterministic)",
+            "*counted calls after * warm-up per process*calls minus 0 calls; valgrind 3.*",
+            "  plain call: wall * ms, CPU *% of wall over * calls",
+            "*callgrind: * calls, * instructions per call; C-level frames: on Python 3.11*",
+        ]
+    )
+    assert "off the CPU" not in out  # a busy loop is all counted work
+
+    b = bench(pytester, "b1.json")
+    info = b["extra_info"]
+    counts = info["counts"]
+    assert info["unit"] == "instructions" and counts["unit"] == "instructions"
+    assert len(counts["per_process"]) == 3 and counts["processes"] == 3
+    assert counts["low"] <= counts["estimate"] <= counts["high"]
+    # The processes differ in memory layout on purpose; that moves this loop's count a
+    # little, nothing like a clock's noise between runs.
+    assert counts["spread"] < 0.05
+    assert counts["estimate"] > 100_000  # a 3000-step loop of bytecode
+    # pytest-benchmark's stats stay seconds (plain calls), never counts.
+    assert 0 < b["stats"]["median"] < 1 and b["stats"]["rounds"] >= 1
+    assert "PYTHONHASHSEED=0" in counts["method"] and "calls minus 0 calls" in counts["method"]
+
+    (entry,) = ledger_entries(pytester)
+    assert entry.unit == "instructions" and entry.estimate == pytest.approx(counts["estimate"])
+    assert entry.group_estimates == pytest.approx(counts["per_process"])
+    assert entry.profile is not None and entry.profile_calls
+    profile = json.loads(Path(entry.profile).read_text())
+    assert_valid_speedscope(profile)
+    assert profile["profiles"][0]["unit"] == "none"
+    per_call = sum(profile["profiles"][0]["weights"]) / entry.profile_calls
+    # callgrind's count of the same calls agrees with cachegrind's difference.
+    assert per_call == pytest.approx(entry.estimate, rel=0.05)
+
+    # The loop at work: the code now does the loop twice.
+    (pytester.path / "svc.py").write_text(SERVICE.replace("ROUNDS = 1", "ROUNDS = 2"))
+    second = run(
+        pytester,
+        "-k",
+        "checksum",
+        "--perf-replay-measure=instructions",
+        "--perf-replay-max-time=3000",  # a shared machine can be very slow
+        "--perf-replay-profile",
+        "--benchmark-json=b2.json",
+    )
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines(
+        [
+            "svc:checksum *iteration 2",
+            "  change: *% more instructions than previous (iteration 1) (deterministic)",
+            "*vs iteration 1, instructions per call (exact): before *, after *",
+            "*diff: *.diff.speedscope.json*",
+        ]
+    )
+    entries = ledger_entries(pytester)
+    ratio = entries[1].estimate / entries[0].estimate
+    assert 1.8 < ratio < 2.1, ratio
+
+    # A timed run afterwards never compares its seconds with those counts.
+    timed = run(pytester, "-k", "checksum", "--perf-replay-max-time=1")
+    timed.assert_outcomes(passed=1)
+    timed.stdout.fnmatch_lines(["svc:checksum *iteration 3"])
+    assert "change:" not in timed.stdout.str()
+
+
+@pytest.mark.valgrind
+def test_cycles_state_their_formula_and_waiting_is_flagged(
+    pytester: pytest.Pytester, real_valgrind: str
+) -> None:
+    capture_traffic(pytester)
+    result = run(
+        pytester,
+        "-k",
+        "napper",
+        "--perf-replay-measure=cycles",
+        "--perf-replay-max-time=3000",
+        "--benchmark-json=b.json",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  estimated cycles per call * spread *% over 3 processes (deterministic)",
+            "  cycles = L1 hits + 5 x LL hits + 30 x RAM accesses*; caches I1 32768,8,64, "
+            "D1 32768,8,64, LL 8388608,16,64 (size,ways,line)",
+            "  !! *% of this call's wall time is spent off the CPU*--perf-replay-measure=time",
+        ]
+    )
+    counts = bench(pytester, "b.json")["extra_info"]["counts"]
+    assert counts["unit"] == "cycles" and counts["cache"]["LL"] == "8388608,16,64"
+    assert "30 x RAM" in counts["formula"]
+    assert counts["estimate"] > counts["events"]["Ir"] > 0  # misses cost extra cycles
+
+
+@pytest.mark.valgrind
+@pytest.mark.browser
+def test_callgrind_profile_loads_in_the_speedscope_app(
+    pytester: pytest.Pytester, real_valgrind: str, speedscope_app: Any, tmp_path: Path
+) -> None:
+    from pytest_perfreplay.profile.callgrind import profile_instructions
+    from pytest_perfreplay.replay.valgrind import preflight
+
+    capture_traffic(pytester)
+    (snapshot,) = (pytester.path / ".perfreplay" / "snapshots").glob("svc-checksum/*.prsnap")
+    sys.path.insert(0, str(pytester.path))
+    try:
+        done = profile_instructions(
+            valgrind=preflight(),
+            snapshot_path=snapshot,
+            target="svc:checksum",
+            store=pytester.path / ".perfreplay",
+            allow_unsigned=False,
+            warmup=2,
+            calls=3,
+            gc="collect",
+            out=tmp_path / "checksum.speedscope.json",
+            name="svc:checksum",
+            exporter="test",
+            timeout=600,
+        )
+    finally:
+        sys.path.remove(str(pytester.path))
+    doc = json.loads(done.path.read_text())
+    assert speedscope.validate(doc) == []
+    names = {f["name"] for f in doc["shared"]["frames"]}
+    assert "_PyEval_EvalFrameDefault" in names  # C-level frames on 3.11
+    loaded = speedscope_app.load(done.path)
+    loaded.assert_ok()
+    assert loaded.current_profile == ("svc:checksum (3 calls, callgrind)", 1, 1)
+    assert loaded.canvases >= 2
+
+
+# -- preflight: no valgrind runs ------------------------------------------------------------
+
+
+def test_missing_valgrind_is_one_line_with_the_package(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture_traffic(pytester)
+    empty = pytester.mkdir("empty-bin")
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("PERFREPLAY_VALGRIND", raising=False)
+    result = run(pytester, "--perf-replay-measure=instructions")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --perf-replay-measure needs valgrind, which is not on PATH: install it with "
+            "`sudo apt-get install valgrind` (Debian/Ubuntu)*"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_old_valgrind_is_refused_with_the_version(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture_traffic(pytester)
+    fake = pytester.path / "old-valgrind"
+    fake.write_text("#!/bin/sh\necho valgrind-3.12.0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PERFREPLAY_VALGRIND", str(fake))
+    result = run(pytester, "--perf-replay-measure=cycles")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: --perf-replay-measure needs valgrind >= 3.16, found 3.12.0 at {fake}: upgrade*"]
+    )
+
+
+def test_bad_measure_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nperf_replay_measure = instruction\n")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: ini option perf_replay_measure: 'instruction' is not one of time, "
+            "instructions, cycles"
+        ]
+    )
+
+
+@pytest.mark.valgrind
+def test_a_count_estimated_too_long_is_refused_with_the_figure(
+    pytester: pytest.Pytester, real_valgrind: str
+) -> None:
+    capture_traffic(pytester)
+    result = run(
+        pytester, "-k", "napper", "--perf-replay-measure=cycles", "--perf-replay-max-time=1"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*counting this snapshot would take about * s (3 processes x 2 runs of * calls of "
+            "* ms, about 90x under valgrind), over the 1 s budget: raise --perf-replay-max-time "
+            "(e.g. *), or count instructions rather than cycles*",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
