@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -61,7 +62,7 @@ class DeterministicVerdict(PairedVerdict):
         more = "more" if change > 0 else "fewer"
         return (
             f"no significant change vs {self.rev}: {_pct(change)} {more} {words}, within the "
-            f"{self.min_effect * 100:g}% minimum effect (deterministic)"
+            f"{self.min_effect:g}% minimum effect (deterministic)"
         )
 
 
@@ -141,7 +142,7 @@ def verdict_from_counts(
         sha=sha,
         process_pairs=pairs,
         pairs=pairs,
-        min_effect=min_effect,
+        min_effect=min_effect * 100,  # percent, like every PairedVerdict
     )
 
 
@@ -376,27 +377,28 @@ def count_item(
         if why:
             raise CountError(why)
 
+    count_options: dict[str, Any] = dict(
+        store=state.store.root,
+        allow_unsigned=cfg.allow_unsigned,
+        mode=mode,
+        processes=processes,
+        warmup=p.warmup,
+        calls=p.calls,
+        gc=cfg.gc,
+        confidence=cfg.confidence,
+        jobs=jobs,
+        timeout=max(60.0, 2 * budget),
+        valgrind=vg,
+        check_estimate=check,
+    )
     try:
-        result = count_calls(
-            snapshot.path,
-            target,
-            store=state.store.root,
-            allow_unsigned=cfg.allow_unsigned,
-            mode=mode,
-            processes=processes,
-            warmup=p.warmup,
-            calls=p.calls,
-            gc=cfg.gc,
-            confidence=cfg.confidence,
-            jobs=jobs,
-            timeout=max(60.0, 2 * budget),
-            valgrind=vg,
-            check_estimate=check,
-        )
+        result = count_calls(snapshot.path, target, **count_options)
     except CountError as exc:
         raise ReplayFailure(str(exc)) from None
 
     outcome.measure_lines.extend(count_lines(result, plain))
+    if state.baseline is not None:
+        outcome.paired = _count_baseline(state, outcome, snapshot, target, result, count_options)
     _report_to_benchmark(benchmark, result, plain, outcome)
 
     ledger = Ledger.for_snapshot(state.store.history_dir, target, snapshot.id)
@@ -442,11 +444,57 @@ def count_item(
             group_estimates=list(result.per_process),
             code_hash=code_hash(func),
             unit=result.unit,
+            paired=asdict(outcome.paired) if outcome.paired else None,
             profile=str(outcome.profile_path) if outcome.profile_path else None,
             profile_calls=profile_calls,
         )
     )
     return result
+
+
+def _count_baseline(
+    state: ReplaySession,
+    outcome: ItemOutcome,
+    snapshot: Snapshot,
+    target: str,
+    candidate: CountResult,
+    count_options: dict[str, Any],
+) -> DeterministicVerdict | None:
+    """``--perf-replay-baseline`` in a count mode: count the baseline tree the same way
+    (same processes, warm-up, calls and seeds; only the import roots differ) and judge."""
+    from .baseline import BaselineError, extension_refusal, roots_for
+    from .session import ReplayFailure
+    from .valgrind import CountError, count_calls
+
+    baseline = state.baseline
+    assert baseline is not None and snapshot.path is not None
+    try:
+        roots = roots_for(baseline, target.partition(":")[0], sys.path)
+    except BaselineError as exc:
+        raise ReplayFailure(f"perfreplay cannot compare with {baseline.rev}: {exc}") from None
+    if roots.new_at_rev:
+        outcome.notes.append(
+            f"new at {baseline.rev} ({baseline.sha[:12]}): {target} has no module there; "
+            "counted the candidate alone"
+        )
+        return None
+    refusal = extension_refusal(roots, baseline)
+    if refusal:
+        raise ReplayFailure(f"perfreplay {refusal}")
+    try:
+        counted = count_calls(
+            snapshot.path, target, import_roots=list(roots.baseline_path), **count_options
+        )
+    except CountError as exc:
+        raise ReplayFailure(f"counting {baseline.rev} ({baseline.sha[:12]}): {exc}") from None
+    return deterministic_verdict(
+        counted,
+        candidate,
+        rev=baseline.rev,
+        sha=baseline.sha,
+        min_effect=state.config.min_effect / 100,
+        confidence=state.config.confidence,
+    )
 
 
 def _profile(

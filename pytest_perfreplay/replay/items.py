@@ -289,6 +289,8 @@ def _run(
             rootdir=str(request.config.rootpath),
             why_not_fresh=_why_not_processes(snapshot, func, target),
         )
+        report_paired(request.node, benchmark, outcome)
+        gate(outcome, cfg.fail_slower)
         return None
 
     policy = policy or cfg.policy()
