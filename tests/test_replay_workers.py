@@ -108,7 +108,9 @@ def test_real_worker_processes(pytester: pytest.Pytester) -> None:
         assert len(info["rounds_per_process"]) == info["processes"]
         assert sum(info["rounds_per_process"]) == bench["stats"]["rounds"]
         if info["target"] == "svc:fetch_and_merge":
-            assert 0.009 <= info["estimate"] <= 0.011
+            # The workers await the coroutine: timing only its creation would give ~1 µs.
+            # A lower bound only: load can stretch a 10 ms sleep, never shorten it.
+            assert info["estimate"] >= 0.009
 
 
 def test_worker_failure_is_a_readable_item_failure(pytester: pytest.Pytester) -> None:
