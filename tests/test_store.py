@@ -66,8 +66,15 @@ def test_quota_keeps_the_slowest_and_never_exceeds(tmp_path: Path) -> None:
     assert len(store.snapshot_paths()) == 3
 
 
+def _trusting(store: Store) -> Store:
+    """A store that trusts durations signed with the test key (capture sets its own)."""
+    store.trust_durations_from(KEY)
+    return store
+
+
 def test_other_processes_see_the_same_quota(tmp_path: Path) -> None:
-    a, b = Store(tmp_path, view_ttl=0.0), Store(tmp_path, view_ttl=0.0)
+    a = _trusting(Store(tmp_path, view_ttl=0.0))
+    b = _trusting(Store(tmp_path, view_ttl=0.0))
     assert [_put(a, 0.1, quota=2), _put(b, 0.2, quota=2)] == ["written", "written"]
     assert _put(a, 0.05, quota=2) == "not_slower"
     assert _put(b, 0.3, quota=2) == "replaced"
@@ -88,9 +95,9 @@ def test_identical_payloads_are_deduplicated(tmp_path: Path) -> None:
     first = store.put_snapshot("m:f", data, quota=5, duration=0.1, digest=digest)
     again = store.put_snapshot("m:f", data, quota=5, duration=0.9, digest=digest)
     assert (first.outcome, again.outcome) == ("written", "duplicate")
-    assert Store(tmp_path).put_snapshot(
+    assert _trusting(Store(tmp_path)).put_snapshot(
         "m:f", data, quota=5, duration=1, digest=digest
-    ).outcome == ("duplicate")  # another process reads the digest from the header
+    ).outcome == ("duplicate")  # another process reads the digest from a signed header
 
 
 def test_store_wide_byte_budget(tmp_path: Path) -> None:
