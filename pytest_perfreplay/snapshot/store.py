@@ -158,7 +158,6 @@ class Store:
     budget_bytes: int | None = field(default_factory=_default_budget, compare=False)
     view_ttl: float = field(default=1.0, compare=False)
     _views: dict[str, _View] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _counter: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
     _swept: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
     _keys: list[Keyring | None] = field(default_factory=list, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(
@@ -233,7 +232,6 @@ class Store:
                 # written from now on still verify; say so once, and start afresh.
                 log.warning("perfreplay: the store %s was deleted; recreating it", self.root)
                 self._views.clear()
-                self._counter.clear()  # the open counter file went with it
             self.ensure()
             make_private_dirs(folder)
         return folder
@@ -441,7 +439,12 @@ class Store:
 
     @contextlib.contextmanager
     def _usage_counter(self) -> Iterator[list[int]]:
-        fd = self._usage_fd()
+        # Opened per use, never held: a descriptor kept open would pin a deleted store and
+        # stop an administrator remounting the disk read-only. One open per kept snapshot
+        # is small beside the snapshot's own create, write and rename.
+        self.ensure()
+        path = self.root / ".usage"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.pread(fd, 64, 0).split()
@@ -455,19 +458,7 @@ class Store:
                 # filesystems: milliseconds on overlayfs).
                 os.pwrite(fd, b"%020d" % max(0, value[0]), 0)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _usage_fd(self) -> int:
-        """The counter file, opened once per process (``open`` is the costly call)."""
-        pid = os.getpid()
-        if self._counter and self._counter[0] == pid:
-            return self._counter[1]
-        self.ensure()
-        path = self.root / ".usage"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        os.set_inheritable(fd, False)
-        self._counter[:] = [pid, fd]
-        return fd
+            os.close(fd)  # closing releases the flock too
 
     def _reserve(self, size: int) -> bool:
         if self.budget_bytes is None:
