@@ -38,7 +38,8 @@ def test_a_caller_whose_callees_got_faster_moves_by_total_time() -> None:
     assert "setup" in names  # -3 ms per call, like parse and the target itself
     assert "render" not in names  # unchanged inclusive time
     text = "\n".join(d.mover_lines())
-    assert "function (by total)" in text and "app:setup" in text.split("(by total)")[1]
+    assert "function (by total)" in text
+    assert "shop.orders:setup" in text.split("(by total)")[1]
 
 
 def write(path: Path, doc: dict[str, Any]) -> str:

@@ -622,7 +622,9 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
             redactions=redactions,
         )
         result = _store(site, fields, sections, duration)
-        if result.stored:
+        # Local stores only: a remote upload is queued (no file to mark), and its uploader
+        # must have the exit path to itself.
+        if result.stored and getattr(result, "path", None) is not None:
             # The first kept of this target in this process: does it unpickle? Checked off
             # the call path; a failure marks the header of every file kept meanwhile, and
             # no more are kept.
