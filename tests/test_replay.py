@@ -133,8 +133,10 @@ def test_async_target_measures_the_awaited_work(pytester: pytest.Pytester) -> No
     result = run(pytester, "-k", "fetch_and_merge", "--benchmark-json=bench.json")
     result.assert_outcomes(passed=1)
     median = benchmarks(pytester)["svc:fetch_and_merge"]["stats"]["median"]
-    # asyncio.sleep(0.010): within 10% of 10 ms (the origin workflow measured 1.4 us).
-    assert 0.009 <= median <= 0.011, median
+    # asyncio.sleep(0.010) was awaited (the origin workflow measured 1.4 us: coroutine
+    # creation only). Load stretches a sleep and never shortens it, so the upper bound
+    # only rules out gross errors; a tight window here failed on busy machines.
+    assert 0.009 <= median <= 0.05, median
 
 
 def _sort_times(n: int, repeat: int = 7) -> tuple[float, float]:
