@@ -282,9 +282,13 @@ def test_history_table_keeps_counts_and_times_apart() -> None:
         entry(2, "instructions", 1_000_000.0, []),
         entry(3, "seconds", 0.005, [x / 2 for x in timed]),
     ]
+    # The table shows the comparison the run recorded (iteration 3 against 1, the
+    # previous *timed* one), never one recomputed across units.
+    recorded = {"against": 1, "ratio": 2.0, "significant": True, "verdict": "faster"}
+    entries[2] = dataclasses.replace(entries[2], vs_previous=recorded)
     lines = table(entries)
     assert "1,000,000  instructions per call, spread over 3 processes 0.0006%" in lines[2]
-    assert "2x faster" in lines[3]  # iteration 3 against iteration 1, not the count
+    assert "2x faster" in lines[3]
     assert aa_pairs(entries) == []  # a count and a time never make an A/A pair
 
 
