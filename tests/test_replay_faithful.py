@@ -566,3 +566,13 @@ def test_the_setup_hint_follows_the_cause_chain() -> None:
     except SnapshotError as outer:
         assert "perf_replay_setup" in setup_hint(outer)
     assert setup_hint(KeyError("k")) == "" and setup_hint(None) == ""
+
+
+def test_sanity_note_names_a_rewrite_first_when_the_code_changed() -> None:
+    from pytest_perfreplay.replay.sanity import sanity_note
+    from pytest_perfreplay.snapshot.format import Header
+
+    h = Header({"id": "x", "target": "m:f", "duration": 0.3})
+    note = sanity_note(h, 0.004, code_changed=True) or ""
+    assert note.split("Possible causes: ")[1].startswith("the target's code changed")
+    assert "code changed" not in (sanity_note(h, 0.004) or "")

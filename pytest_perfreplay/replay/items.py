@@ -298,7 +298,8 @@ def _run(
     result = _time(replayer, state, outcome, snapshot, func, target, policy, reference)
     machine = reference.estimate()
     outcome.rounds = result
-    suspect = sanity_note(snapshot.header, result.interval.estimate)
+    changed = target != snapshot.header.target or bool(code_changed(snapshot, func))
+    suspect = sanity_note(snapshot.header, result.interval.estimate, code_changed=changed)
     if suspect:
         outcome.notes.append(suspect)
     _report_to_benchmark(benchmark, result, snapshot, target, outcome)
@@ -365,7 +366,7 @@ def _run(
     )
     gate(outcome, cfg.fail_slower)
 
-    if cfg.strict and suspect:
+    if cfg.strict and suspect and not changed:
         raise ReplayFailure(f"perfreplay sanity check failed (--perf-replay-strict): {suspect}")
     if cfg.strict and not result.target_met:
         raise ReplayFailure(

@@ -20,8 +20,12 @@ def _fmt(seconds: float) -> str:
     return f"{seconds / 1e-9:.3g} ns"
 
 
-def sanity_note(header: Header, estimate: float) -> str | None:
-    """A one-paragraph warning when the replay is over FACTOR away from production, else None."""
+def sanity_note(header: Header, estimate: float, *, code_changed: bool = False) -> str | None:
+    """A one-paragraph warning when the replay is over FACTOR away from production, else None.
+
+    With ``code_changed`` (the target's code differs from the captured one) the rewrite is
+    named first: it is the expected reason, and strict mode does not fail for it.
+    """
     captured = header.duration
     if not captured or captured <= 0 or estimate <= 0:
         return None
@@ -31,6 +35,8 @@ def sanity_note(header: Header, estimate: float) -> str | None:
     faster = ratio > 1
     how = f"{ratio:.3g}x faster" if faster else f"{1 / ratio:.3g}x slower"
     reasons: list[str] = []
+    if code_changed:
+        reasons.append("the target's code changed since capture, which is what a rewrite does")
     held = [p for p in header.placeholders if not p.get("auto")]
     if held:
         names = ", ".join(f"{p.get('name')} ({p.get('type')})" for p in held)
