@@ -68,6 +68,7 @@ class RoundTrips:
         self.lock = threading.Lock()
         self.started: set[str] = set()
         self.failed: dict[str, str] = {}  # target -> the one-line reason
+        self.verdicts: dict[str, dict[str, Any]] = {}  # target -> the failed check's verdict
         self.checking: dict[str, list[OnFailure]] = {}  # target -> files kept meanwhile
         self.threads: list[threading.Thread] = []
         self._exit_hook = False
@@ -76,6 +77,7 @@ class RoundTrips:
         with self.lock:
             self.started.clear()
             self.failed.clear()
+            self.verdicts.clear()
             self.checking.clear()
             self.threads = []
 
@@ -97,10 +99,18 @@ class RoundTrips:
             return True
 
     def also(self, target: str, on_failure: OnFailure) -> None:
-        """A later file of a target still being checked: marked too if the check fails."""
+        """A later file of a target still being checked: marked too if the check fails.
+
+        A file kept just after the check failed (its arguments were pickled before) is
+        marked at once: the check has already said what it would say.
+        """
         with self.lock:
             if target in self.checking:
                 self.checking[target].append(on_failure)
+                return
+            verdict = self.verdicts.get(target)
+        if verdict is not None:
+            self._mark(target, on_failure, verdict)
 
     def submit(self, target: str, payload: bytes, on_failure: OnFailure, hint: str = "") -> None:
         """Check ``payload`` off the call path; on failure, log, block and ``on_failure``."""
@@ -138,13 +148,18 @@ class RoundTrips:
         )
         with self.lock:
             self.failed[target] = reason
+            self.verdicts[target] = verdict
             markers = self.checking.pop(target, [])
         log.warning("perfreplay: %s; no more are kept for it.%s", reason, hint)
         for mark in markers:
-            try:
-                mark(verdict)
-            except Exception as exc:  # containment: the service never sees this
-                log.warning("perfreplay: marking a snapshot of %s failed: %r", target, exc)
+            self._mark(target, mark, verdict)
+
+    @staticmethod
+    def _mark(target: str, mark: OnFailure, verdict: dict[str, Any]) -> None:
+        try:
+            mark(verdict)
+        except Exception as exc:  # containment: the service never sees this
+            log.warning("perfreplay: marking a snapshot of %s failed: %r", target, exc)
 
     def drain(self, timeout: float = TIME_BOUND + 1.0) -> None:
         """At exit: let pending checks write their snapshot (bounded)."""
