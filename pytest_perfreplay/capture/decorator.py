@@ -57,6 +57,7 @@ from .redact import (
     scrub_call,
     scrub_positions,
     scrub_result,
+    split_found,
 )
 from .roundtrip import RoundTrips
 
@@ -532,6 +533,20 @@ def _log_once(site: _Site, kind: str, message: str) -> None:
         log.warning("perfreplay: %s; such calls are skipped (counted in stats())", message)
 
 
+def _note_stand_ins(site: _Site, stand_ins: list[dict[str, str]]) -> None:
+    if (site.target, "stand_in") not in _LOGGED:
+        _LOGGED.add((site.target, "stand_in"))
+        where = "; ".join(f"{s['path']}: {s['why']}" for s in stand_ins[:3])
+        log.warning(
+            "perfreplay: kept a call of %s with %d part(s) of its arguments replaced by "
+            "stand-ins, because redaction could not scrub them (%s); their values were not "
+            "written, and its replay sees different input. redact='strict' skips such calls",
+            site.target,
+            len(stand_ins),
+            where,
+        )
+
+
 def _warn_once(site: _Site, message: str) -> None:
     if not site.warned_unpicklable:
         site.warned_unpicklable = True
@@ -612,6 +627,7 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
             else:
                 fields["result_skipped"] = kept
         snapshot_id = new_snapshot_id()
+        redactions, stand_ins = split_found(redactions)
         fields.update(
             id=snapshot_id,
             captured_at=pending.started_ns / 1e9,
@@ -621,17 +637,22 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
             placeholders=pending.placeholders,
             redactions=redactions,
         )
+        if stand_ins:
+            fields["unscrubbable"] = stand_ins
+            _note_stand_ins(site, stand_ins)
+        if getattr(store, "holds_snapshots", False):
+            _store_held(site, pending.payload, fields, sections, duration)
+            return
         result = _store(site, fields, sections, duration)
-        # Local stores only: a remote upload is queued (no file to mark), and its uploader
-        # must have the exit path to itself.
         if result.stored and getattr(result, "path", None) is not None:
             # The first kept of this target in this process: does it unpickle? Checked off
             # the call path; a failure marks the header of every file kept meanwhile, and
             # no more are kept.
             path = getattr(result, "path", None)
 
-            def mark(verdict: dict[str, Any]) -> None:
-                _mark_unreplayable(site, fields, sections, path, verdict)
+            def mark(verdict: dict[str, Any] | None) -> None:
+                if verdict is not None:
+                    _mark_unreplayable(site, fields, sections, path, verdict)
 
             if _ROUNDTRIPS.claim(site.target):
                 _ROUNDTRIPS.submit(site.target, pending.payload, mark, _receiver_hint(site))
@@ -643,12 +664,67 @@ def _finish(pending: _Pending, duration: float, outcome: tuple[bool, Any]) -> No
         _local.busy = False
 
 
-def _store(site: _Site, fields: dict[str, Any], sections: dict[str, bytes], duration: float) -> Any:
+def _store_held(
+    site: _Site,
+    payload: bytes,
+    fields: dict[str, Any],
+    sections: dict[str, bytes],
+    duration: float,
+) -> None:
+    """A remote store: an upload cannot be rewritten, so it waits for the round-trip check.
+
+    The first snapshot of a target is queued held and released after its check, re-signed
+    with the verdict when it fails; later ones are held until then too, and dropped when it
+    failed. The store's exit flush bounds the wait (it then uploads them unchecked).
+    """
+    target = site.target
+    if _ROUNDTRIPS.blocked(target):
+        _STATE.skip("cannot_replay")  # began before the check failed
+        return
+    first = _ROUNDTRIPS.claim(target)
+    held = getattr(_store(site, fields, sections, duration, hold=True), "held", None)
+    if held is None:  # not kept (duplicate, queue full...): the next one is the first
+        if first:
+            _ROUNDTRIPS.unclaim(target)
+        return
+    if not first:
+
+        def settle_later(verdict: dict[str, Any] | None) -> None:
+            if verdict is None:
+                held.release()
+                return
+            held.drop()
+            _STATE.captured -= 1
+            _STATE.skip("cannot_replay")
+
+        _ROUNDTRIPS.also(target, settle_later)
+        return
+
+    def settle_first(verdict: dict[str, Any] | None) -> None:
+        data = None
+        if verdict is not None:
+            try:
+                data = _encode_marked(site, fields, sections, verdict)
+            except Exception as exc:  # still worth uploading unmarked
+                _contain(exc, f"marking the snapshot of {target}", site)
+        held.release(data)
+
+    _ROUNDTRIPS.submit(target, payload, settle_first, _receiver_hint(site), wait_at_exit=False)
+
+
+def _store(
+    site: _Site,
+    fields: dict[str, Any],
+    sections: dict[str, bytes],
+    duration: float,
+    hold: bool = False,
+) -> Any:
     state = _STATE
     data, header = encode_parts(
         fields, sections, keyring=state.get_keyring(), compress=site.compress
     )
     digest = header["payload"]["sections"][0]["sha256"]
+    extra = {"hold": True} if hold else {}  # only remote stores take it
     result = state.get_store().put_snapshot(
         site.target,
         data,
@@ -656,6 +732,7 @@ def _store(site: _Site, fields: dict[str, Any], sections: dict[str, bytes], dura
         duration=duration,
         digest=digest,
         fsync=state.fsync,
+        **extra,
     )
     if result.outcome == "written":
         state.captured += 1
@@ -674,26 +751,29 @@ def _mark_unreplayable(
     path: Path | None,
     verdict: dict[str, Any],
 ) -> None:
-    """From the round-trip thread: re-sign the kept file with the verdict in its header.
-
-    Only a local file can be rewritten in place (a remote upload is already queued): there
-    the log line and the stop are what remains.
-    """
+    """From the round-trip thread: re-sign the kept file with the verdict in its header."""
     if path is None:
         return
     try:
         current = read_header_file(path)
         if current.get("id") != fields.get("id"):
             return  # replaced by a slower call meanwhile
-        data, _ = encode_parts(
-            {**fields, "roundtrip": verdict},
-            sections,
-            keyring=_STATE.get_keyring(),
-            compress=site.compress,
-        )
-        write_atomic(path, data, fsync=_STATE.fsync)
+        write_atomic(path, _encode_marked(site, fields, sections, verdict), fsync=_STATE.fsync)
     except Exception as exc:
         _contain(exc, f"marking the snapshot of {site.target}", site)
+
+
+def _encode_marked(
+    site: _Site, fields: dict[str, Any], sections: dict[str, bytes], verdict: dict[str, Any]
+) -> bytes:
+    """The same snapshot, re-signed with the failed check's verdict in its header."""
+    data, _ = encode_parts(
+        {**fields, "roundtrip": verdict},
+        sections,
+        keyring=_STATE.get_keyring(),
+        compress=site.compress,
+    )
+    return data
 
 
 def _receiver_hint(site: _Site) -> str:

@@ -7,6 +7,10 @@ a process is unpickled once more, in a background thread, with a time bound. A f
 logged in one line naming the class, marked in that file's header (re-signed; replay skips
 such a file with the reason), and no more snapshots of that target are kept.
 
+A remote store cannot rewrite an upload, so there capture holds the first snapshot (and any
+kept during its check) in the upload queue until the check settles: the first is released
+marked or not, the later ones are released, or dropped when the check failed.
+
 Only the standard library: this runs inside services.
 """
 
@@ -25,7 +29,9 @@ log = logging.getLogger("pytest_perfreplay.capture")
 TIME_BOUND = 5.0  # seconds an unpickling may take before the snapshot is written unchecked
 _OWN = ("pytest_perfreplay.", "copyreg.", "builtins.", "cloudpickle.", "_codecs.")
 
-OnFailure = Callable[[dict[str, Any]], None]  # marks the kept snapshot with the verdict
+# Settles a kept snapshot: called once, with the failed check's verdict, or None when the
+# payload loads (or was too slow to tell).
+Settle = Callable[[dict[str, Any] | None], None]
 
 
 class _Recorder(pickle.Unpickler):
@@ -69,8 +75,9 @@ class RoundTrips:
         self.started: set[str] = set()
         self.failed: dict[str, str] = {}  # target -> the one-line reason
         self.verdicts: dict[str, dict[str, Any]] = {}  # target -> the failed check's verdict
-        self.checking: dict[str, list[OnFailure]] = {}  # target -> files kept meanwhile
-        self.threads: list[threading.Thread] = []
+        self.checking: dict[str, list[Settle]] = {}  # target -> snapshots kept meanwhile
+        # (thread, joined at exit?): a remote store's exit flush bounds its own checks.
+        self.threads: list[tuple[threading.Thread, bool]] = []
         self._exit_hook = False
 
     def reset(self) -> None:
@@ -98,49 +105,72 @@ class RoundTrips:
             self.started.add(target)
             return True
 
-    def also(self, target: str, on_failure: OnFailure) -> None:
-        """A later file of a target still being checked: marked too if the check fails.
+    def unclaim(self, target: str) -> None:
+        """The claimed snapshot was not kept after all: the next one is the first."""
+        with self.lock:
+            if target not in self.checking:
+                self.started.discard(target)
 
-        A file kept just after the check failed (its arguments were pickled before) is
-        marked at once: the check has already said what it would say.
+    def also(self, target: str, settle: Settle) -> None:
+        """A later snapshot of a target: settled with the first one's check.
+
+        One kept after the check finished (its arguments were pickled before) is settled at
+        once: the check has already said what it would say.
         """
         with self.lock:
             if target in self.checking:
-                self.checking[target].append(on_failure)
+                self.checking[target].append(settle)
                 return
             verdict = self.verdicts.get(target)
-        if verdict is not None:
-            self._mark(target, on_failure, verdict)
+        self._settle(target, settle, verdict)
 
-    def submit(self, target: str, payload: bytes, on_failure: OnFailure, hint: str = "") -> None:
-        """Check ``payload`` off the call path; on failure, log, block and ``on_failure``."""
+    def submit(
+        self,
+        target: str,
+        payload: bytes,
+        settle: Settle,
+        hint: str = "",
+        *,
+        wait_at_exit: bool = True,
+    ) -> None:
+        """Check ``payload`` off the call path; on failure, log and block; then ``settle``.
+
+        ``wait_at_exit=False``: the interpreter's exit does not join this check (a remote
+        store's exit flush waits for it within its own bound instead).
+        """
         with self.lock:
-            self.checking[target] = [on_failure]
+            self.checking[target] = [settle]
         thread = threading.Thread(
             target=self._run,
-            args=(target, payload, on_failure, hint),
+            args=(target, payload, hint),
             name=f"perfreplay-roundtrip-{target}",
             daemon=True,
         )
         with self.lock:
-            self.threads.append(thread)
+            self.threads.append((thread, wait_at_exit))
             if not self._exit_hook:
                 self._exit_hook = True
-                atexit.register(self.drain)
+                atexit.register(self.drain, at_exit=True)
         thread.start()
 
-    def _run(self, target: str, payload: bytes, on_failure: OnFailure, hint: str) -> None:
+    def _run(self, target: str, payload: bytes, hint: str) -> None:
         verdict: dict[str, Any] = {}
-        loader = threading.Thread(
-            target=lambda: verdict.update(unpickle_check(payload)),
-            name=f"perfreplay-unpickle-{target}",
-            daemon=True,
-        )
-        loader.start()
-        loader.join(TIME_BOUND)
-        if loader.is_alive() or verdict.get("ok") is not False:
+        try:
+            loader = threading.Thread(
+                target=lambda: verdict.update(unpickle_check(payload)),
+                name=f"perfreplay-unpickle-{target}",
+                daemon=True,
+            )
+            loader.start()
+            loader.join(TIME_BOUND)
+            failed = not loader.is_alive() and verdict.get("ok") is False
+        except BaseException:  # containment: whatever happened, every snapshot is settled
+            failed = False
+        if not failed:
             with self.lock:
-                self.checking.pop(target, None)
+                waiting = self.checking.pop(target, [])
+            for settle in waiting:
+                self._settle(target, settle, None)
             return  # loads (or too slow to tell): nothing to say
         what = verdict.get("class") or "an object in the arguments"
         reason = (
@@ -151,17 +181,18 @@ class RoundTrips:
             self.verdicts[target] = verdict
             markers = self.checking.pop(target, [])
         log.warning("perfreplay: %s; no more are kept for it.%s", reason, hint)
-        for mark in markers:
-            self._mark(target, mark, verdict)
+        for settle in markers:
+            self._settle(target, settle, verdict)
 
     @staticmethod
-    def _mark(target: str, mark: OnFailure, verdict: dict[str, Any]) -> None:
+    def _settle(target: str, settle: Settle, verdict: dict[str, Any] | None) -> None:
         try:
-            mark(verdict)
+            settle(verdict)
         except Exception as exc:  # containment: the service never sees this
-            log.warning("perfreplay: marking a snapshot of %s failed: %r", target, exc)
+            log.warning("perfreplay: settling a snapshot of %s failed: %r", target, exc)
 
-    def drain(self, timeout: float = TIME_BOUND + 1.0) -> None:
-        """At exit: let pending checks write their snapshot (bounded)."""
-        for thread in list(self.threads):
-            thread.join(timeout)
+    def drain(self, timeout: float = TIME_BOUND + 1.0, *, at_exit: bool = False) -> None:
+        """Let pending checks settle their snapshots (bounded); at exit, only local ones."""
+        for thread, wait_at_exit in list(self.threads):
+            if wait_at_exit or not at_exit:
+                thread.join(timeout)

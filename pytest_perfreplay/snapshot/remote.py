@@ -371,13 +371,56 @@ def _modified(info: Mapping[str, Any]) -> float | None:
 # The store
 
 
-@dataclass
+@dataclass(eq=False)  # queue removal is by identity
 class _Item:
     target: str
     data: bytes
     quota: int | None  # None: written by id, outside the quota
     snapshot_id: str = ""
     duration: float = -1.0  # of the captured call; only quota'd items use it
+    held: bool = False  # queued, but not uploaded until capture's round-trip check settles
+
+
+class Held:
+    """A queued snapshot the uploader skips until capture's round-trip check settles it.
+
+    It counts against the queue's bounds meanwhile, and the exit flush waits for it at most
+    half its timeout, then uploads it as it is (unchecked). Settling it later does nothing.
+    """
+
+    def __init__(self, store: RemoteStore, item: _Item) -> None:
+        self._store = store
+        self._item = item
+
+    def release(self, data: bytes | None = None) -> None:
+        """Upload it: as queued, or as ``data`` (the same snapshot re-signed with a mark)."""
+        store, item = self._store, self._item
+        with store._cond:
+            if not item.held or item not in store._queue:
+                return  # abandoned at exit, or the queue was reset (fork, turned off)
+            if data is not None:
+                store._queued_bytes += len(data) - len(item.data)
+                item.data = data
+            item.held = False
+            store._cond.notify_all()
+
+    def drop(self) -> None:
+        """Do not upload it (its target cannot replay); counted in ``dropped_unreplayable``."""
+        store, item = self._store, self._item
+        with store._cond:
+            if not item.held or item not in store._queue:
+                return
+            store._queue.remove(item)
+            store._queued_bytes -= len(item.data)
+            store.counters.dropped_unreplayable += 1
+            store._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class HeldResult(PutResult):
+    """``put_snapshot(hold=True)`` accepted the snapshot: settle it with ``held``."""
+
+    held: Held | None = None
 
 
 @dataclass
@@ -392,6 +435,8 @@ class _Counters:
     dropped_duplicate: int = 0
     dropped_off: int = 0
     dropped_at_exit: int = 0
+    dropped_unreplayable: int = 0  # held, then its round-trip check failed
+    unchecked_at_exit: int = 0  # held, its check still running at exit: uploaded unchecked
     transient_errors: int = 0
     last_error: str | None = None
 
@@ -429,6 +474,8 @@ os.register_at_fork(after_in_child=_reset_all_after_fork)
 
 class RemoteStore:
     """A snapshot store at an fsspec URL, with a non-blocking background uploader."""
+
+    holds_snapshots = True  # put_snapshot(hold=True): capture's round-trip check settles it
 
     def __init__(
         self,
@@ -561,11 +608,14 @@ class RemoteStore:
         duration: float,
         digest: str | None = None,
         fsync: bool = False,
+        hold: bool = False,
     ) -> PutResult:
         """Queue a captured call for upload under the target's quota. Never blocks.
 
         ``written`` means *accepted for upload*; whether it lands (or replaces a faster
-        call) is decided by the worker and counted in ``stats()``.
+        call) is decided by the worker and counted in ``stats()``. With ``hold``, an
+        accepted snapshot waits in the queue until the returned ``HeldResult.held`` is
+        released or dropped (capture's round-trip check).
         """
         del fsync  # durability is the object store's business
         if digest is not None:
@@ -577,7 +627,11 @@ class RemoteStore:
                 seen.add(digest)
         if not self.would_keep(target, quota, duration):
             return PutResult("store_off" if self._off else "not_slower")
-        return PutResult(self._enqueue(_Item(target, data, quota, duration=duration)))
+        item = _Item(target, data, quota, duration=duration, held=hold)
+        outcome = self._enqueue(item)
+        if hold and outcome == "written":
+            return HeldResult(outcome, held=Held(self, item))
+        return PutResult(outcome)
 
     def write_snapshot(self, target: str, snapshot_id: str, data: bytes) -> None:
         """Queue a snapshot for upload under its id, outside any quota. Never blocks."""
@@ -619,7 +673,9 @@ class RemoteStore:
     def _flush_at_exit(self) -> None:
         if self._pid != os.getpid() or self._thread is None:
             return
-        if not self.flush(self.flush_timeout):
+        deadline = time.monotonic() + self.flush_timeout
+        self._release_held(time.monotonic() + self.flush_timeout / 2)
+        if not self.flush(max(0.0, deadline - time.monotonic())):
             with self._cond:
                 left = len(self._queue)
                 self.counters.dropped_at_exit += left
@@ -629,6 +685,30 @@ class RemoteStore:
                 self.url,
                 self.flush_timeout,
                 self.counters.last_error or "no error recorded",
+            )
+
+    def _release_held(self, until: float) -> None:
+        """At exit: wait for held snapshots until ``until``, then upload the rest unchecked.
+
+        A round-trip check is bounded on its own, but the exit must not wait on it beyond
+        the flush's bound; an unchecked snapshot is still worth more than none.
+        """
+        with self._cond:
+            while self._off is None and any(i.held for i in self._queue):
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            abandoned = [i for i in self._queue if i.held]
+            for item in abandoned:
+                item.held = False
+            self.counters.unchecked_at_exit += len(abandoned)
+            self._cond.notify_all()
+        for target in sorted({i.target for i in abandoned}):
+            log.warning(
+                "perfreplay: the round-trip check of %s still running at exit: its snapshot "
+                "is uploaded unchecked (perfreplay verify --load after pull checks it)",
+                target,
             )
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -673,6 +753,8 @@ class RemoteStore:
             "dropped_duplicate": c.dropped_duplicate,
             "dropped_off": c.dropped_off,
             "dropped_at_exit": c.dropped_at_exit,
+            "dropped_unreplayable": c.dropped_unreplayable,
+            "unchecked_at_exit": c.unchecked_at_exit,
             "transient_errors": c.transient_errors,
             "last_error": c.last_error,
             "conditional": self._conditional_ok,
@@ -704,11 +786,10 @@ class RemoteStore:
             self.filesystem()
         while True:
             with self._cond:
-                while not self._queue and self._off is None:
+                while (item := self._next_item()) is None and self._off is None:
                     self._cond.wait()
-                if self._off is not None:
+                if self._off is not None or item is None:
                     return
-                item = self._queue[0]
                 self._inflight = True
             retry = False
             try:
@@ -721,8 +802,8 @@ class RemoteStore:
                     self._note_transient(exc)
             with self._cond:
                 done = not retry or self._off is not None
-                if done and self._queue and self._queue[0] is item:
-                    self._queue.popleft()
+                if done and item in self._queue:
+                    self._queue.remove(item)
                     self._queued_bytes -= len(item.data)
                 self._inflight = False
                 self._cond.notify_all()
@@ -737,6 +818,10 @@ class RemoteStore:
                 self._wake.clear()
             else:
                 failures = 0
+
+    def _next_item(self) -> _Item | None:
+        """The oldest snapshot not held by a round-trip check (the queue is short)."""
+        return next((i for i in self._queue if not i.held), None)
 
     def _note_transient(self, exc: BaseException) -> None:
         c = self.counters
