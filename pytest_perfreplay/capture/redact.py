@@ -41,7 +41,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any
 
-from ..snapshot.format import RESOURCE_TYPES
+from ..snapshot.format import RESOURCE_TYPES, StandIn, dumps
 
 REDACTED = "<redacted>"
 
@@ -154,11 +154,15 @@ _TEXT = (str, bytes, bytearray)
 _KEEP_UNDER_KEY: tuple[type, ...] = (int, float, complex, bool, type(None))
 _MAX_DEPTH = 200
 _MAX_RECORDS = 50
+# A subgraph past _MAX_DEPTH is kept whole only when its own pickle shows nothing to
+# scrub; these bound that check (beyond them it becomes a stand-in).
+_MAX_DEEP_CHECKS = 64
+_DEEP_CHECK_BYTES = 16 << 20
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 
 
 class RedactionError(Exception):
-    """The graph cannot be scrubbed safely (too deep, or a secret left in place)."""
+    """``redact="strict"``: the graph cannot be scrubbed exactly, so the call is skipped."""
 
 
 def key_words(key: str) -> tuple[str, ...]:
@@ -487,7 +491,7 @@ class Redactor:
         """Return (scrubbed object, what was redacted). Unchanged graphs come back as is."""
         walk = _Walk(self)
         new = walk.run([(obj, path, None)], scan=scan)[0]
-        return new, walk.records
+        return new, walk.found
 
 
 def _options_from_list(spec: Iterable[Any]) -> Redact:
@@ -544,7 +548,9 @@ class _Walk:
         self.done: dict[tuple[int, int], Any] = {}
         self.cycle_hit = False
         self.copy_all = False
-        self.unfixable: list[str] = []
+        self.gaps: list[dict[str, str]] = []  # stand-ins: what could not be scrubbed
+        self.reentered: set[tuple[int, int]] = set()
+        self.deep_checks = 0
 
     def run(self, roots: list[tuple[Any, str, str | None]], *, scan: bool = False) -> list[Any]:
         """Scrub several roots in one walk, so that aliasing across them survives.
@@ -552,9 +558,12 @@ class _Walk:
         A secret inside a reference cycle cannot be scrubbed copy-on-write (the cycle's
         back edge would still reach the original), so then every node is copied.
         """
-        ctx = _SCAN if (scan or self.r.scan_values) else _PLAIN
+        return self.run_ctx(roots, _SCAN if (scan or self.r.scan_values) else _PLAIN)
+
+    def run_ctx(self, roots: list[tuple[Any, str, str | None]], ctx: int) -> list[Any]:
         out = self._roots(roots, ctx)
-        if self.cycle_hit and self.records:
+        # A stand-in counts too: the cycle's back edge would still reach what it replaced.
+        if self.cycle_hit and (self.records or self.gaps):
             if self.r.strict:
                 raise RedactionError(
                     "a secret sits inside a reference cycle; redact='strict' keeps no copy"
@@ -562,13 +571,38 @@ class _Walk:
             self.__init__(self.r, self.by)  # type: ignore[misc]
             self.copy_all = True
             out = self._roots(roots, ctx)
-            if self.cycle_hit:
-                raise RedactionError(
-                    "a secret sits inside a reference cycle through "
-                    + ", ".join(self.unfixable[:3] or ["an immutable container"])
-                    + ", which cannot be copied"
-                )
         return out
+
+    @property
+    def found(self) -> list[dict[str, str]]:
+        """Redactions (``by``) then stand-ins (``why``), as the header records them."""
+        return self.records + self.gaps
+
+    def stand_in(self, path: str, why: str) -> StandIn:
+        """Replace what cannot be scrubbed, so its value never reaches disk (strict: skip)."""
+        short = path if len(path) <= 160 else f"{path[:80]}...{path[-60:]}"
+        if self.r.strict:
+            raise RedactionError(f"{why} at {short}; redact='strict' keeps no copy")
+        if len(self.gaps) < _MAX_RECORDS:
+            self.gaps.append({"path": short, "why": why})
+        elif len(self.gaps) == _MAX_RECORDS:
+            self.gaps.append({"path": "...", "why": "more stand-ins not listed"})
+        return StandIn(short, why)
+
+    def holds_nothing(self, obj: Any, ctx: int) -> bool:
+        """Could nothing under ``obj`` need scrubbing? Decided without walking it: its own
+        pickle gets the same pre-filter as the whole call (names and secret shapes)."""
+        r = self.r
+        if ctx == _SECRET or r.types or r.predicate is not None:
+            return False  # every string below is a secret, or only a walk could tell
+        if self.deep_checks >= _MAX_DEEP_CHECKS:
+            return False
+        self.deep_checks += 1
+        try:
+            pickled = dumps(obj, max_bytes=_DEEP_CHECK_BYTES, max_seconds=1.0)
+        except Exception:
+            return False
+        return not r.may_match(pickled.data) and not r.named_tuple_denied(pickled.named_tuples)
 
     def _roots(self, roots: list[tuple[Any, str, str | None]], ctx: int) -> list[Any]:
         return [
@@ -618,33 +652,46 @@ class _Walk:
             if ctx and (t is str or t is bytes):
                 return self.leaf(obj, path, ctx)
             return obj
-        if depth > _MAX_DEPTH:
-            raise RedactionError(f"argument graph deeper than {_MAX_DEPTH} levels at {path}")
         if t is bytearray:
             return self.leaf(obj, path, ctx) if ctx else obj
         memo = (id(obj), ctx)
         if memo in self.done:
             return self.done[memo]
-        if memo in self.active:
-            if not self.copy_all:
-                self.cycle_hit = True
-            elif memo not in self.done:
-                self.cycle_hit = True  # an immutable node on its own cycle
-                self.unfixable.append(path)
-            return obj
         kind = self.r._kind(t)
         if kind == "skip":
             return obj
         if kind == "redact":
             self.record(path, f"type {t.__module__}.{t.__qualname__}")
             return REDACTED
+        if depth > _MAX_DEPTH:
+            if self.holds_nothing(obj, ctx):
+                return obj  # nothing below to scrub: kept whole
+            return self.stand_in(path, f"deeper than {_MAX_DEPTH} levels")
+        again = memo in self.active
+        if again:
+            if not self.copy_all:
+                self.cycle_hit = True
+                return obj
+            if memo in self.reentered:
+                # Only nodes that cannot be copied ahead of their children on this cycle.
+                self.cycle_hit = True
+                return self.stand_in(path, f"reference cycle through {_qualname(t)}")
+            # An immutable node met again on its own cycle: walk it once more, as
+            # copy.deepcopy does. Its cycle's mutable node is copied by then, so the
+            # inner copy closes the cycle; the outer walk then returns that copy.
+            self.reentered.add(memo)
         if kind == "headers" and ctx == _PLAIN:
             ctx = _SCAN
-        self.active.add(memo)
+        if not again:
+            self.active.add(memo)
         try:
             new = self._rebuild(obj, kind, path, depth, ctx, memo)
         finally:
-            self.active.discard(memo)
+            if not again:
+                self.active.discard(memo)
+        prior = self.done.get(memo)
+        if prior is not None:
+            return prior  # built by an inner walk of its own cycle (or a shell)
         if new is not obj:
             self.done[memo] = new  # shared references stay shared in the copy
         return new
@@ -725,16 +772,22 @@ class _Walk:
             try:
                 shell = self._shell(obj, memo)
             except Exception:
-                self.unfixable.append(path)
-                self.cycle_hit = True
-                return obj
+                if self.holds_nothing(obj, ctx):
+                    return obj
+                return self.stand_in(path, f"{_qualname(type(obj))} cannot be copied")
         state = obj.__dict__ if kind == "obj" else _slot_state(obj)
         if kind == "slots+dict":
             state = {**obj.__dict__, **state}
         changed = self._changed(state, lambda k: f"{path}.{k}", depth, ctx)
         if not changed and shell is None:
             return obj
-        new = shell if shell is not None else copy.copy(obj)
+        if shell is not None:
+            new = shell
+        else:
+            try:
+                new = copy.copy(obj)
+            except Exception:  # a secret inside, and no copy to scrub it in
+                return self.stand_in(path, f"{_qualname(type(obj))} cannot be copied")
         for k, v in changed.items():
             if kind != "slots" and k in getattr(new, "__dict__", {}):
                 new.__dict__[k] = v
@@ -826,6 +879,10 @@ class _Walk:
         new.__module__ = fn.__module__
         new.__dict__.update(fn.__dict__)
         return new
+
+
+def _qualname(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
 
 
 def _redacted_like(value: Any) -> Any:
@@ -920,8 +977,8 @@ def scrub_positions(
     for i, new in zip(positions, out, strict=False):
         listed[i] = new
     if all(a is b for a, b in zip(listed, args, strict=True)):
-        return args, walk.records
-    return tuple(listed), walk.records
+        return args, walk.found
+    return tuple(listed), walk.found
 
 
 def scrub_call(
@@ -938,7 +995,7 @@ def scrub_call(
     walk = _Walk(redactor)
     # One walk: aliasing across args and kwargs survives.
     new_args, new_kwargs = walk.run([(args, "args", None), (kwargs, "kwargs", None)])
-    return new_args, new_kwargs, records + walk.records
+    return new_args, new_kwargs, records + walk.found
 
 
 def scrub_result(
@@ -948,11 +1005,10 @@ def scrub_result(
     scrubbed whole when the function's name says it returns a secret (``get_token``)."""
     ctx = _SECRET if not raised and redactor._verdict(func_name) == 1 else _SCAN
     walk = _Walk(redactor)
-    out = walk._roots([(value, "result", None)], ctx)
-    if walk.cycle_hit and walk.records:
-        walk = _Walk(redactor)
-        walk.copy_all = True
-        out = walk._roots([(value, "result", None)], ctx)
-        if walk.cycle_hit:
-            raise RedactionError("a secret in the result sits inside a cycle that cannot be copied")
-    return out[0], walk.records
+    out = walk.run_ctx([(value, "result", None)], ctx)
+    return out[0], walk.found
+
+
+def split_found(found: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(redactions, stand-ins): the header's ``redactions`` and ``unscrubbable``."""
+    return [r for r in found if "why" not in r], [r for r in found if "why" in r]

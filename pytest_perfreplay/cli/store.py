@@ -274,6 +274,7 @@ def run_show(args: argparse.Namespace) -> int:
         header = read_header_file(path) if not files.remote else files.store.read_header(path)
         print(printable(f"# {path}"))
         print(json.dumps(dict(header.fields), indent=2, sort_keys=True))
+        _print_stand_ins(header)
         return 0
     snapshot = verify(
         files.read(path),
@@ -284,6 +285,7 @@ def run_show(args: argparse.Namespace) -> int:
     state = "signature verified" if snapshot.signed else "UNSIGNED, not verified"
     print(printable(f"# {path} ({state})"))
     print(json.dumps(dict(snapshot.header.fields), indent=2, sort_keys=True))
+    _print_stand_ins(snapshot.header)
     call_args, call_kwargs = snapshot.load_call()
     short = reprlib.Repr()
     short.maxstring = 200
@@ -299,6 +301,18 @@ def run_show(args: argparse.Namespace) -> int:
     if snapshot.header.has_result:
         print(f"result: {short.repr(snapshot.load_result())}")
     return 0
+
+
+def _print_stand_ins(header: Header) -> None:
+    gaps = [g for g in header.get("unscrubbable") or [] if isinstance(g, dict)]
+    if not gaps:
+        return
+    print(
+        f"\n!! {len(gaps)} part(s) of the arguments could not be scrubbed; capture stored "
+        "stand-ins instead of their values, so replay does not see production's input there:"
+    )
+    for g in gaps:
+        print(printable(f"  {g.get('path', '?')}: {g.get('why', '?')}"))
 
 
 @_remote_errors

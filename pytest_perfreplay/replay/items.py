@@ -45,7 +45,7 @@ from .report import change_text
 from .resources import fresh_resources, run_setup
 from .results import ResultMismatch, check_result
 from .rounds import Progress, RoundPolicy, RoundsResult, run_rounds
-from .sanity import sanity_note
+from .sanity import sanity_note, stand_in_note, stand_ins
 from .session import ItemOutcome, ReplayFailure, ReplaySession, replay_session
 from .stats import Comparison, compare, compare_groups, preload_scipy, session_drift
 
@@ -69,6 +69,8 @@ class SnapshotCollector(pytest.Collector):
                 name = f"{header.target}[{header.id}]"
                 if header.get("sig") is None:
                     name += "[UNSIGNED]"  # loud in every item line, whatever the outcome
+                if stand_ins(header):
+                    name += "[STAND-IN]"  # its input is not production's: said in every line
             except SnapshotError as exc:
                 error = str(exc)
                 name = f"{path.parent.name}:{path.stem}[unreadable]"
@@ -161,6 +163,10 @@ class SnapshotItem(pytest.Function):
                     f"UNSIGNED: {self.snapshot_path} was loaded without a verified signature, "
                     "only because --perf-replay-allow-unsigned is set"
                 )
+            note = stand_in_note(snapshot.header)
+            if note is not None:
+                outcome.stand_ins = len(stand_ins(snapshot.header))
+                outcome.notes.append(note)
 
             add_import_roots(snapshot.header.target, self.config.rootpath)
             try:

@@ -178,6 +178,13 @@ def summary_lines(state: ReplaySession, cwd: Path) -> list[str]:
             "signature (--perf-replay-allow-unsigned): "
             + ", ".join(f"{o.target} [{o.snapshot_id}]" for o in unsigned)
         )
+    standing = [o for o in state.outcomes if o.stand_ins]
+    if standing:
+        lines.append(
+            f"!! {len(standing)} snapshot(s) replayed stand-ins for input that capture could "
+            "not scrub (not production's data): "
+            + ", ".join(f"{o.target} [{o.snapshot_id}]" for o in standing)
+        )
     missed = [o for o in state.outcomes if o.rounds is not None and not o.rounds.target_met]
     if missed:
         lines.append(

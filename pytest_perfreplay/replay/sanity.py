@@ -8,6 +8,7 @@ different machine). The check says so on the item and lists what the header know
 
 from __future__ import annotations
 
+from ..errors import printable
 from ..snapshot.format import Header, host_name
 
 FACTOR = 5.0
@@ -18,6 +19,23 @@ def _fmt(seconds: float) -> str:
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 1e-9:.3g} ns"
+
+
+def stand_ins(header: Header) -> list[dict[str, object]]:
+    """What capture could not scrub and stored stand-ins for (header ``unscrubbable``)."""
+    return [g for g in header.get("unscrubbable") or [] if isinstance(g, dict)]
+
+
+def stand_in_note(header: Header) -> str | None:
+    """A loud note for an item whose input holds stand-ins, else None."""
+    gaps = stand_ins(header)
+    if not gaps:
+        return None
+    where = ", ".join(f"{g.get('path', '?')} ({g.get('why', '?')})" for g in gaps[:5])
+    return printable(
+        f"STAND-IN: {len(gaps)} part(s) of this input are not production's: capture could "
+        f"not scrub them and stored stand-ins instead of their values: {where}"
+    )
 
 
 def sanity_note(header: Header, estimate: float, *, code_changed: bool = False) -> str | None:
@@ -50,6 +68,13 @@ def sanity_note(header: Header, estimate: float, *, code_changed: bool = False) 
         reasons.append(
             f"{len(redactions)} value(s) were redacted at capture ({paths}): the call sees "
             "'<redacted>' instead of real data"
+        )
+    gaps = stand_ins(header)
+    if gaps:
+        paths = ", ".join(str(g.get("path", "?")) for g in gaps[:5])
+        reasons.append(
+            f"{len(gaps)} part(s) of the input are stand-ins for what capture could not "
+            f"scrub ({paths}): the call does not see production's data there"
         )
     if faster:
         reasons.append(

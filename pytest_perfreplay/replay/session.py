@@ -39,6 +39,7 @@ class ItemOutcome:
     result_check: str | None = None
     mutated: bool = False
     unsigned: bool = False  # loaded only because --perf-replay-allow-unsigned was set
+    stand_ins: int = 0  # parts of the input capture could not scrub (header unscrubbable)
     drift: float | None = None  # between-session drift allowed in the comparisons
     machine_move: float | None = None  # the reference workload's move vs previous (ratio - 1)
     profile_path: Path | None = None

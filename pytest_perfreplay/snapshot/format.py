@@ -147,6 +147,22 @@ class Placeholder:
         return f"<placeholder {self.name}: {self.type}>"
 
 
+@dataclass(frozen=True)
+class StandIn:
+    """Kept in place of a part of the arguments that redaction could not scrub.
+
+    The part (a reference cycle that cannot be copied, or a subgraph past the walk's depth
+    limit that may hold a secret) never reaches disk; the header's ``unscrubbable`` lists
+    each stand-in by path and why, so replay can say that its input differs.
+    """
+
+    path: str
+    why: str
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self.path}: {self.why}>"
+
+
 _BINDINGS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "perfreplay_bindings", default=None
 )
@@ -689,6 +705,7 @@ def _check_fields(fields: Mapping[str, Any], path: str | None) -> None:
         "versions": lambda v: isinstance(v, dict),
         "placeholders": lambda v: isinstance(v, list) and all(isinstance(p, dict) for p in v),
         "redactions": lambda v: isinstance(v, list),
+        "unscrubbable": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
         "tags": lambda v: isinstance(v, list),
         "trace_id": lambda v: v is None or isinstance(v, str),
         "sig": lambda v: isinstance(v, dict),
