@@ -90,7 +90,14 @@ class Diff:
         202 µs (2%)``, all per replayed call."""
         fmt = self._fmt
         speed = self.speedup
-        verdict = "" if speed is None else f" ({speed:.2f}x {'faster' if speed >= 1 else 'slower'})"
+        # A slowdown reads as a factor > 1 too ("3.00x slower", not "0.33x slower").
+        verdict = (
+            ""
+            if not speed
+            else f" ({speed:.2f}x faster)"
+            if speed >= 1
+            else f" ({1 / speed:.2f}x slower)"
+        )
         scale = (
             "; profile shares at the timed medians"
             if self.scaled
