@@ -7,16 +7,27 @@ generous bound on how long a process takes to exit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 
-from pytest_perfreplay.snapshot.format import read_header, read_header_file
+from pytest_perfreplay.snapshot.format import (
+    Keyring,
+    dumps,
+    encode,
+    new_snapshot_id,
+    read_header,
+    read_header_file,
+)
+from pytest_perfreplay.snapshot.remote import RemoteStore
 
 KEY = "roundtrip-remote-test-key-0123456789"
 
@@ -154,3 +165,43 @@ def test_exit_does_not_wait_for_a_slow_remote_check(tmp_path: Path, s3_bucket: A
     client = s3_bucket.server.client()
     body = client.get_object(Bucket=s3_bucket.bucket, Key=f"{s3_bucket.root}/{keys[0]}")
     assert read_header(body["Body"].read())[0].get("roundtrip") is None
+
+
+def test_held_snapshots_wait_for_their_check_and_exit_uploads_them_unchecked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keyring = Keyring.from_secrets(KEY.encode())
+
+    def snap() -> bytes:
+        fields = {"id": new_snapshot_id(), "target": "pkg.mod:f", "captured_at": time.time()}
+        return encode(fields, {"args": dumps(((1,), {})).data}, keyring=keyring)
+
+    url = f"memory://perfreplay-held-{uuid.uuid4().hex[:8]}"
+    store = RemoteStore(url, quota=10, flush_timeout=1.0)
+    try:
+        first = store.put_snapshot("pkg.mod:f", snap(), quota=10, duration=1.0, hold=True)
+        assert first.stored and getattr(first, "held", None) is not None
+        assert not store.flush(0.3)  # held: the uploader leaves it alone
+        assert store.stats()["uploaded"] == 0 and store.stats()["queued"] == 1
+        marked = snap()
+        first.held.release(marked)  # type: ignore[attr-defined]
+        assert store.flush(10) and store.stats()["uploaded"] == 1
+        (entry,) = store.iter_snapshots()
+        assert store.read(entry.key) == marked  # the re-signed bytes, not the queued ones
+
+        later = store.put_snapshot("pkg.mod:f", snap(), quota=10, duration=2.0, hold=True)
+        later.held.drop()  # type: ignore[attr-defined]
+        assert store.flush(10) and store.stats()["dropped_unreplayable"] == 1
+
+        pending = store.put_snapshot("pkg.mod:f", snap(), quota=10, duration=3.0, hold=True)
+        with caplog.at_level("WARNING", logger="pytest_perfreplay.remote"):
+            store._flush_at_exit()  # a check still running: waits half the bound, then uploads
+        stats = store.stats()
+        assert stats["uploaded"] == 2 and stats["unchecked_at_exit"] == 1
+        assert "round-trip check of pkg.mod:f still running at exit" in caplog.text
+        pending.held.release(snap())  # type: ignore[attr-defined]  # too late: nothing changes
+        assert store.stats()["queued"] == 0 and store.stats()["uploaded"] == 2
+    finally:
+        store.close()
+        with contextlib.suppress(FileNotFoundError):
+            fsspec.filesystem("memory").rm(url.split("://")[1], recursive=True)
