@@ -804,6 +804,129 @@ def verify(
 ) -> Snapshot:
     """Check shape, signature, hashes and Python version. Nothing is unpickled here."""
     header, header_bytes, payload = read_header(data, path=path)
+    signed = _check_signature(header, header_bytes, keyring, allow_unsigned, path)
+    sections = dict(_split_sections(header, payload, path))
+    _check_python(header, allow_python_mismatch, path)
+    return Snapshot(header=header, sections=sections, path=path, signed=signed)
+
+
+def verify_file(
+    file: str | os.PathLike[str],
+    *,
+    keyring: Keyring | None,
+    allow_unsigned: bool = False,
+    allow_python_mismatch: bool = False,
+    path: str | None = None,
+    chunk: int = 1 << 20,
+) -> tuple[Header, bool]:
+    """``verify`` for a file on disk, read in pieces of ``chunk`` bytes, so memory stays near
+    one chunk whatever the file's size. Returns (header, signed); nothing is unpickled.
+
+    The same checks in the same order: header shape and payload size, signature, section
+    hashes, then (zstd) each section decompressed as a stream to exactly its declared size.
+    """
+    where = path if path is not None else os.fspath(file)
+    with open(file, "rb") as f:
+        n = header_length(f.read(_PREFIX), path=where)
+        header_bytes = f.read(n)
+        if len(header_bytes) < n:
+            raise SnapshotError(
+                f"truncated snapshot: header needs {n} bytes, file has {len(header_bytes)}; "
+                f"{_WHAT_TO_DO}",
+                path=where,
+            )
+        header = parse_header(header_bytes, path=where)
+        size = header["payload"]["size"]
+        found = os.fstat(f.fileno()).st_size - _PREFIX - n
+        if found != size:
+            what = "truncated" if found < size else "has trailing bytes"
+            raise SnapshotError(
+                f"payload {what}: header says {size} bytes, file has {found}; {_WHAT_TO_DO}",
+                path=where,
+            )
+        signed = _check_signature(header, header_bytes, keyring, allow_unsigned, where)
+        start = _PREFIX + n
+        metas = header["payload"]["sections"]
+        offset = start
+        for meta in metas:  # hashes first: nothing unauthenticated is decompressed
+            digest = hashlib.sha256()
+            for piece in _pieces(f, offset, meta["size"], chunk):
+                digest.update(piece)
+            if not hmac.compare_digest(digest.hexdigest(), meta["sha256"]):
+                raise SnapshotError(
+                    f"section {meta['name']!r} does not match its hash (corrupted); {_WHAT_TO_DO}",
+                    path=where,
+                )
+            offset += meta["size"]
+        if header["payload"]["codec"] == "zstd":
+            offset = start
+            for meta in metas:
+                _check_decompress(_Pieces(f, offset, meta["size"], chunk), meta, where, chunk)
+                offset += meta["size"]
+    _check_python(header, allow_python_mismatch, where)
+    return header, signed
+
+
+def _pieces(f: Any, offset: int, size: int, chunk: int) -> Iterator[bytes]:
+    reader = _Pieces(f, offset, size, chunk)
+    while piece := reader.read(chunk):
+        yield piece
+
+
+class _Pieces:
+    """One section of an open file as a file-like object that reads at most ``chunk``."""
+
+    def __init__(self, f: Any, offset: int, size: int, chunk: int) -> None:
+        self._f, self._pos, self._left, self._chunk = f, offset, size, chunk
+
+    def read(self, n: int = -1) -> bytes:
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        want = min(want, self._chunk)
+        if want <= 0:
+            return b""
+        self._f.seek(self._pos)
+        data: bytes = self._f.read(want)
+        if not data:
+            self._left = 0
+            return b""
+        self._pos += len(data)
+        self._left -= len(data)
+        return data
+
+
+def _check_decompress(source: _Pieces, meta: Mapping[str, Any], path: str, chunk: int) -> None:
+    """``_decompress`` without keeping the output: the same limits, the same errors."""
+    try:
+        zstd = _compressor()
+    except ImportError:
+        raise SnapshotError(
+            "payload is zstd-compressed; install pytest-perfreplay[zstd]", path=path
+        ) from None
+    limit = _raw_limit(meta, path)
+    seen = 0
+    try:
+        with zstd.ZstdDecompressor().stream_reader(source, read_size=chunk) as reader:
+            while seen <= limit:
+                piece = reader.read(min(chunk, limit + 1 - seen))
+                if not piece:
+                    break
+                seen += len(piece)
+    except Exception as exc:
+        raise SnapshotError(
+            f"cannot decompress section {meta['name']!r}: {exc}", path=path
+        ) from None
+    if seen != limit:
+        raise SnapshotError(f"section {meta['name']!r} decompressed to the wrong size", path=path)
+
+
+def _check_signature(
+    header: Header,
+    header_bytes: bytes,
+    keyring: Keyring | None,
+    allow_unsigned: bool,
+    path: str | None,
+) -> bool:
+    """Whether the header's signature verified; raises when it must be refused."""
     fields = dict(header.fields)
     sig = fields.pop("sig", None)
     signed = sig is not None
@@ -831,7 +954,10 @@ def verify(
             "allow_unsigned=True) only if you trust where it came from",
             path=path,
         )
-    sections = dict(_split_sections(header, payload, path))
+    return signed
+
+
+def _check_python(header: Header, allow_python_mismatch: bool, path: str | None) -> None:
     captured = header.python
     if captured is not None and not allow_python_mismatch:
         import platform
@@ -844,7 +970,6 @@ def verify(
                 f"{python_minor(captured)}, or capture again on {python_minor(here)}",
                 path=path,
             )
-    return Snapshot(header=header, sections=sections, path=path, signed=signed)
 
 
 def _split_sections(
@@ -873,16 +998,7 @@ def _decompress(blob: bytes, meta: Mapping[str, Any], path: str | None) -> bytes
         raise SnapshotError(
             "payload is zstd-compressed; install pytest-perfreplay[zstd]", path=path
         ) from None
-    limit = meta.get("raw_size")
-    if not isinstance(limit, int) or limit < 0:
-        raise SnapshotError(f"section {meta['name']!r} has no raw size", path=path)
-    cap = max_payload_bytes()
-    if limit > cap:
-        raise SnapshotError(
-            f"section {meta['name']!r} declares {limit} bytes uncompressed, over the "
-            f"{cap}-byte limit ({MAX_PAYLOAD_ENV})",
-            path=path,
-        )
+    limit = _raw_limit(meta, path)
     # Streamed in chunks: memory follows what the data really holds, never what the
     # header (or the zstd frame) claims, and it stops one byte past the declared size.
     out = bytearray()
@@ -900,6 +1016,20 @@ def _decompress(blob: bytes, meta: Mapping[str, Any], path: str | None) -> bytes
     if len(out) != limit:
         raise SnapshotError(f"section {meta['name']!r} decompressed to the wrong size", path=path)
     return bytes(out)
+
+
+def _raw_limit(meta: Mapping[str, Any], path: str | None) -> int:
+    limit = meta.get("raw_size")
+    if not isinstance(limit, int) or limit < 0:
+        raise SnapshotError(f"section {meta['name']!r} has no raw size", path=path)
+    cap = max_payload_bytes()
+    if limit > cap:
+        raise SnapshotError(
+            f"section {meta['name']!r} declares {limit} bytes uncompressed, over the "
+            f"{cap}-byte limit ({MAX_PAYLOAD_ENV})",
+            path=path,
+        )
+    return limit
 
 
 MAX_PAYLOAD_ENV = "PERFREPLAY_MAX_PAYLOAD_BYTES"

@@ -63,20 +63,27 @@ from .format import (
     parse_header,
     read_header,
     verify,
+    verify_file,
 )
 from .store import (
     DEFAULT_ROOT,
     SLOT_PREFIX,
     STORE_ENV,
+    TMP_PREFIX,
     PutResult,
     Store,
+    make_private_dirs,
     slot_name,
     target_slug,
     write_atomic,
 )
 
 log = logging.getLogger("pytest_perfreplay.remote")
-_PULL_BATCH_BYTES = 64 << 20  # one pull batch holds at most this much in memory
+# Pull memory: objects up to one chunk are fetched in batches of at most _PULL_BATCH_BYTES;
+# larger ones stream to a temp file chunk by chunk and are verified from disk.
+_PULL_CHUNK = 4 << 20
+_PULL_BATCH_BYTES = 8 << 20
+_SAFE_SLUG = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 
 ENDPOINT_ENV = "PERFREPLAY_S3_ENDPOINT"
 FLUSH_TIMEOUT_ENV = "PERFREPLAY_FLUSH_TIMEOUT"
@@ -1100,7 +1107,11 @@ class RemoteStore:
                 fitting.append(e)
         chunks: list[list[RemoteEntry]] = [[]]
         held = 0
+        streamed: list[RemoteEntry] = []
         for e in fitting:
+            if e.size > _PULL_CHUNK:
+                streamed.append(e)
+                continue
             if chunks[-1] and (len(chunks[-1]) >= batch or held + e.size > _PULL_BATCH_BYTES):
                 chunks.append([])
                 held = 0
@@ -1112,21 +1123,44 @@ class RemoteStore:
             for chunk in chunks:
                 if not chunk:
                     continue
+                ranged = [e for e in chunk if e.size > 0]  # a range of an empty object is refused
                 try:
-                    blobs = fs.cat([f"{root}/{e.key}" for e in chunk], on_error="return")
+                    # At most one chunk each, even if an object grew since the listing.
+                    blobs = (
+                        fs.cat(
+                            [f"{root}/{e.key}" for e in ranged],
+                            on_error="return",
+                            start=0,
+                            end=_PULL_CHUNK + 1,
+                        )
+                        if ranged
+                        else {}
+                    )
                 except Exception as exc:
                     raise StoreError(describe_error(exc, self.url)) from None
+                if len(ranged) == 1 and not isinstance(blobs, dict):
+                    blobs = {f"{root}/{ranged[0].key}": blobs}
                 for e in chunk:
-                    data = blobs.get(f"{root}/{e.key}")
+                    data = blobs.get(f"{root}/{e.key}") if e.size > 0 else b""
                     if isinstance(data, FileNotFoundError) or data is None:
                         report.refused.append((e.key, "vanished while pulling"))
                     elif isinstance(data, BaseException):
                         raise StoreError(describe_error(data, self.url))
+                    elif len(data) > _PULL_CHUNK:
+                        streamed.append(e)  # grew since the listing: stream it instead
+                        continue
                     else:
                         kept = self._accept(e, data, dest, keys, allow_unsigned, since, report)
                         if kept is not None:
                             manifest[e.key] = (e.version, kept)
-                done += len(chunk)
+                    done += 1
+                if progress is not None:
+                    progress(done, len(fitting))
+            for e in streamed:
+                kept = self._stream(e, dest, keys, allow_unsigned, since, report, limit)
+                if kept is not None:
+                    manifest[e.key] = (e.version, kept)
+                done += 1
                 if progress is not None:
                     progress(done, len(fitting))
         finally:
@@ -1134,6 +1168,104 @@ class RemoteStore:
                 _save_manifest(manifest_path, manifest)
         report.seconds = time.perf_counter() - t0
         return report
+
+    def _stream(
+        self,
+        entry: RemoteEntry,
+        dest: Store,
+        keys: Keyring | None,
+        allow_unsigned: bool,
+        since: float | None,
+        report: PullReport,
+        limit: int,
+    ) -> str | None:
+        """Download one large object chunk by chunk into a temp file in its destination
+        folder, verify it from there in chunks, then rename it into place (or delete it).
+        Memory stays near one chunk whatever the object's size."""
+        where = f"{self.url}/{entry.key}"
+        if not _SAFE_SLUG.fullmatch(entry.target_slug):
+            report.refused.append((entry.key, "not a snapshot key (bad target folder name)"))
+            return None
+        folder = dest.snapshots_dir / entry.target_slug
+        try:
+            dest.ensure()
+            make_private_dirs(folder)
+            tmp = folder / f"{TMP_PREFIX}pull.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot write into {dest.root}: {exc}") from None
+        fs, root = self.filesystem()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                got = self._download(fs, f"{root}/{entry.key}", out, limit)
+            if got is None:
+                report.refused.append((entry.key, "vanished while pulling"))
+                return None
+            if got > limit:
+                report.refused.append((entry.key, f"over the {limit}-byte limit"))
+                return None
+            try:
+                header, _ = verify_file(
+                    tmp, keyring=keys, allow_unsigned=allow_unsigned, path=where, chunk=_PULL_CHUNK
+                )
+            except SnapshotError as exc:
+                report.refused.append((entry.key, str(exc).removeprefix(f"{where}: ")))
+                return None
+            if not self._fits(entry, header, since, report):
+                return None
+            os.replace(tmp, folder / f"{header.id}{SUFFIX}")
+        except OSError as exc:
+            raise StoreError(f"cannot write into {dest.root}: {exc}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # refused, or failed: nothing half-checked stays
+        report.new += 1
+        report.bytes += got
+        return header.id
+
+    def _download(self, fs: Any, path: str, out: Any, limit: int) -> int | None:
+        """Copy ``path`` into ``out`` one chunk at a time: bytes copied (stops past
+        ``limit``), or None when the object is gone. Local write errors propagate."""
+        got = 0
+        try:
+            with fs.open(path, "rb", block_size=_PULL_CHUNK, cache_type="none") as src:
+                while got <= limit:
+                    piece = src.read(min(_PULL_CHUNK, limit + 1 - got))
+                    if not piece:
+                        break
+                    got += len(piece)
+                    try:
+                        out.write(piece)
+                    except OSError as exc:
+                        raise _LocalWriteError(exc) from exc
+        except _LocalWriteError as exc:
+            raise exc.error from None
+        except FileNotFoundError as exc:
+            code = _client_error(exc)
+            if code is not None and code[0] == "NoSuchBucket":
+                raise StoreError(describe_error(exc, self.url)) from None
+            return None
+        except Exception as exc:
+            raise StoreError(describe_error(exc, self.url)) from None
+        return got
+
+    def _fits(
+        self, entry: RemoteEntry, header: Header, since: float | None, report: PullReport
+    ) -> bool:
+        """A verified header stored under its own name, and new enough to keep."""
+        named_by_id = not entry.name.startswith(SLOT_PREFIX)
+        if target_slug(header.target) != entry.target_slug or (
+            named_by_id and header.id != entry.name
+        ):
+            report.refused.append(
+                (entry.key, f"stored under a name that does not match its header ({header.id})")
+            )
+            return False
+        captured = header.get("captured_at")
+        if since is not None and isinstance(captured, (int, float)) and captured < since:
+            report.older += 1
+            return False
+        return True
 
     def _accept(
         self,
@@ -1153,17 +1285,7 @@ class RemoteStore:
             report.refused.append((entry.key, str(exc).removeprefix(f"{where}: ")))
             return None
         header = snap.header
-        named_by_id = not entry.name.startswith(SLOT_PREFIX)
-        if target_slug(header.target) != entry.target_slug or (
-            named_by_id and header.id != entry.name
-        ):
-            report.refused.append(
-                (entry.key, f"stored under a name that does not match its header ({header.id})")
-            )
-            return None
-        captured = header.get("captured_at")
-        if since is not None and isinstance(captured, (int, float)) and captured < since:
-            report.older += 1
+        if not self._fits(entry, header, since, report):
             return None
         try:
             # No fsync: a cache that a crash can cost is pulled again, not lost.
@@ -1173,6 +1295,14 @@ class RemoteStore:
         report.new += 1
         report.bytes += len(data)
         return header.id
+
+
+class _LocalWriteError(Exception):
+    """A write into the local cache failed while downloading (not a network error)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _load_manifest(path: Path) -> dict[str, tuple[str, str]]:
