@@ -20,8 +20,8 @@ If-Match: <etag of the fastest>``, so two racing replacers cannot both win. Loca
 replacement re-reads the victim just before the atomic rename; the remaining race can
 at worst drop one slow call for another, never exceed the quota.
 
-The store-wide byte budget is checked against a scan of the store that is at most a few
-seconds old; concurrent writers can overshoot it by at most one snapshot each.
+The store-wide byte budget is a shared counter (``.usage``, under ``flock``): a writer
+reserves its bytes before writing, so the budget holds across processes.
 """
 
 from __future__ import annotations
@@ -309,11 +309,11 @@ class Store:
                     continue
                 path = folder / name
                 try:
-                    write_atomic(path, data, exclusive=True, fsync=fsync)
+                    st = write_atomic(path, data, exclusive=True, fsync=fsync)
                 except FileExistsError:
                     continue  # another process took it a moment ago
                 view.hint = k + 1
-                self._remember(view, path, duration, digest, len(data))
+                self._remember(view, path, duration, digest, len(data), st)
                 return PutResult("written", path)
             view = self._view(folder, force=True)
             if len(view.entries) < quota:
@@ -355,8 +355,8 @@ class Store:
         view.entries[name] = fresh
         if duration <= fresh.duration:
             return PutResult("not_slower")
-        write_atomic(path, data, fsync=fsync)
-        self._remember(view, path, duration, digest, len(data), replaced=fresh.size)
+        st = write_atomic(path, data, fsync=fsync)
+        self._remember(view, path, duration, digest, len(data), st)
         return PutResult("replaced", path, freed=fresh.size)
 
     def _remember(
@@ -366,12 +366,8 @@ class Store:
         duration: float,
         digest: str | None,
         size: int,
-        replaced: int = 0,
+        st: os.stat_result,
     ) -> None:
-        try:
-            st = path.stat()
-        except OSError:
-            return
         view.entries[path.name] = _Entry(
             (st.st_ino, st.st_size, st.st_mtime_ns), duration, digest, size
         )
@@ -437,43 +433,54 @@ class Store:
     # missing or older than a minute (so deletions by ``prune`` are seen); between scans
     # it can only over-count, which under-fills the budget and never overshoots it.
 
-    @contextlib.contextmanager
-    def _usage_counter(self) -> Iterator[list[int]]:
-        # Opened per use, never held: a descriptor kept open would pin a deleted store and
-        # stop an administrator remounting the disk read-only. One open per kept snapshot
-        # is small beside the snapshot's own create, write and rename.
-        self.ensure()
-        path = self.root / ".usage"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    def _adjust_usage(self, delta: int, *, cap: int | None = None, recount: bool = False) -> bool:
+        """Add ``delta`` to the shared counter under its ``flock``, unless that passes
+        ``cap`` (then nothing changes: False). ``recount`` sets it from a fresh scan.
+
+        Opened per use, never held: a descriptor kept open would pin a deleted store and
+        stop an administrator remounting the disk read-only. The open is the only path
+        lookup; the store folder is made only when it is missing (ENOENT), not checked
+        on every call (two stats per kept snapshot).
+        """
+        path = os.path.join(self.root, ".usage")
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            self.ensure()
+            fd = os.open(path, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.pread(fd, 64, 0).split()
-            st = os.fstat(fd)
-            fresh = len(raw) == 1 and time.time() - st.st_mtime < _USAGE_RESCAN_SECONDS
-            value = [int(raw[0]) if fresh and raw[0].isdigit() else self.usage()]
-            before = value[0]
-            yield value
-            if value[0] != before or not fresh:
+            fresh = (
+                not recount
+                and len(raw) == 1
+                and raw[0].isdigit()
+                and time.time() - os.fstat(fd).st_mtime < _USAGE_RESCAN_SECONDS
+            )
+            value = int(raw[0]) if fresh else self.usage()
+            if cap is not None and value + delta > cap:
+                if not fresh:
+                    os.pwrite(fd, b"%020d" % max(0, value), 0)
+                return False
+            if delta or not fresh:
                 # Fixed width, so an in-place write needs no truncate (slow on some
                 # filesystems: milliseconds on overlayfs).
-                os.pwrite(fd, b"%020d" % max(0, value[0]), 0)
+                os.pwrite(fd, b"%020d" % max(0, value + delta), 0)
+            return True
         finally:
             os.close(fd)  # closing releases the flock too
 
     def _reserve(self, size: int) -> bool:
         if self.budget_bytes is None:
             return True
-        with self._usage_counter() as usage:
-            if usage[0] + size > self.budget_bytes:
-                return False
-            usage[0] += size
-        return True
+        return self._adjust_usage(size, cap=self.budget_bytes)
 
     def _settle(self, delta: int) -> None:
         if self.budget_bytes is None or delta == 0:
             return
-        with contextlib.suppress(OSError), self._usage_counter() as usage:
-            usage[0] += delta
+        with contextlib.suppress(OSError):
+            self._adjust_usage(delta)
 
     # -- listing and cleaning -----------------------------------------------
 
@@ -532,8 +539,8 @@ class Store:
         """Drop cached views (after pruning or other out-of-band changes)."""
         self._views.clear()
         if self.budget_bytes is not None and self.root.is_dir():
-            with contextlib.suppress(OSError), self._usage_counter() as usage:
-                usage[0] = self.usage()  # files were deleted: count again, for every process
+            with contextlib.suppress(OSError):
+                self._adjust_usage(0, recount=True)  # files were deleted: count again
 
 
 def _writer_alive(tmp_name: str) -> bool:
@@ -579,13 +586,14 @@ def write_atomic(
     mode: int = 0o600,
     exclusive: bool = False,
     fsync: bool = True,
-) -> None:
+) -> os.stat_result:
     """Write to a temp file in the destination folder, then rename (or link) into place.
 
     The temp file lives beside the destination (same filesystem, so the rename is atomic)
     and is removed on any failure: a crash never leaves a half-written file visible.
     ``exclusive`` refuses to replace an existing file (FileExistsError). ``fsync`` makes
     the data durable before it becomes visible (needed against power loss, not crashes).
+    Returns the file's stat (the link and rename keep its inode, size and mtime).
     """
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -597,6 +605,7 @@ def write_atomic(
                 view = view[written:]
             if fsync:
                 os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         if exclusive:
@@ -608,3 +617,4 @@ def write_atomic(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return st
