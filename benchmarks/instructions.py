@@ -38,7 +38,13 @@ import time
 from pathlib import Path
 
 from pytest_perfreplay.replay.deterministic import deterministic_verdict
-from pytest_perfreplay.replay.valgrind import CountResult, count_calls, plan, preflight
+from pytest_perfreplay.replay.valgrind import (
+    CountResult,
+    Method,
+    count_calls,
+    plan,
+    preflight,
+)
 
 WORK = """
 from pytest_perfreplay import capture
@@ -158,9 +164,10 @@ class Counter:
         self.native = native
         self.vg = preflight()
         self.counts = 0
+        self.method: Method | None = None  # None: what the plugin would choose here
 
     def __call__(self, workload: str, extra: float) -> CountResult:
-        p = plan(self.native[workload], 0.0, processes=3)
+        p = plan(self.native[workload], 0.0, processes=3, method=self.method)
         self.counts += 1
         return count_calls(
             self.snapshots[workload],
@@ -171,6 +178,8 @@ class Counter:
             warmup=p.warmup,
             calls=p.calls,
             valgrind=self.vg,
+            method=self.method or p.method,
+            probe_first=False,  # as the plugin does when the estimate is well inside budget
         )
 
 

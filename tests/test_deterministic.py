@@ -26,6 +26,7 @@ from pytest_perfreplay.replay.valgrind import (
     CYCLES_FORMULA,
     CountError,
     CountResult,
+    bracket_available,
     counting_env,
     cycles,
     parse_cachegrind,
@@ -184,9 +185,9 @@ def test_platforms_where_valgrind_cannot_run() -> None:
 
 
 def test_plan_and_the_too_long_refusal() -> None:
-    short = plan(0.001, 0.0001, processes=3)
+    short = plan(0.001, 0.0001, processes=3, method="difference")
     assert short.warmup == 10 and short.calls == 20  # quickening needs ~8 executions
-    long = plan(0.2, 0.001, processes=3)
+    long = plan(0.2, 0.001, processes=3, method="difference")
     assert long.warmup == 2 and long.calls == 3
     estimate = long.estimate("instructions", startup=0.0, jobs=2)
     assert estimate > 5 * 0.2 * 25  # five calls at ~25x, at least
@@ -329,3 +330,29 @@ def test_a_call_below_the_process_noise_is_said_to_be_uncountable() -> None:
     assert any("does too little work to count apart from the process itself" in x for x in lines)
     assert any(x.startswith("  !! 100% of this call's wall time") for x in lines)
     assert countable(count(BASE))
+
+
+def test_bracketed_plans_count_few_calls_and_cost_less_than_differencing() -> None:
+    # Bracketed calls carry no start-up noise: a couple of calls, one for long ones.
+    short = plan(0.001, 0.0001, processes=3, method="bracket")
+    assert short.method == "bracket" and short.warmup == 10 and short.calls == 2
+    assert plan(0.2, 0.001, processes=3, method="bracket").calls == 1
+    diff = plan(0.001, 0.0001, processes=3, method="difference")
+    # one uninstrumented start-up per process instead of two instrumented ones
+    assert short.estimate("instructions", jobs=2) < diff.estimate("instructions", jobs=2)
+    # cycles simulate caches: dearer than instructions under either method
+    assert short.estimate("cycles", jobs=2) > short.estimate("instructions", jobs=2)
+    assert plan(0.001, 0.0, processes=3).method == (
+        "bracket" if bracket_available() else "difference"
+    )
+
+
+def test_client_requests_are_no_ops_outside_valgrind() -> None:
+    from pytest_perfreplay.replay.clientreq import ClientRequests, available
+
+    if not available():
+        pytest.skip("client requests exist for x86-64 Linux only")
+    vg = ClientRequests()
+    # On a real CPU the special sequence does nothing and the default (0) comes back.
+    assert vg.running_on_valgrind() == 0
+    assert vg.toggle_collect() == 0 and vg.dump_stats() == 0

@@ -1,7 +1,8 @@
 """Deterministic mode through real pytest sessions, with the real valgrind.
 
-Kept short on purpose: tiny targets, the planner's few calls, three processes. Every count
-starts valgrind six times, so each session here takes tens of seconds on a shared machine.
+Kept short on purpose: tiny targets, the planner's few calls, three processes (on x86-64,
+one callgrind process each, bracketed by client requests; the cachegrind difference method
+is exercised by its own test below).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def test_instructions_are_counted_reported_kept_and_compared(
             "*measure instructions per call under valgrind in 3 processes*",
             "svc:checksum *iteration 1",
             "  instructions per call * 95% CI * spread *% over 3 processes (deterministic)",
-            "*counted calls after * warm-up per process*calls minus 0 calls; valgrind 3.*",
+            "*counted calls after * warm-up per process, each call bracketed by callgrind "
+            "client requests, minus the same bracket around a no-op; valgrind 3.*",
             "  plain call: wall * ms, CPU *% of wall (the least disturbed of * calls)",
             "*callgrind: * calls, * instructions per call; C-level frames: on Python 3.11*",
         ]
@@ -125,7 +127,8 @@ def test_instructions_are_counted_reported_kept_and_compared(
     assert counts["estimate"] > 100_000  # a 3000-step loop of bytecode
     # pytest-benchmark's stats stay seconds (plain calls), never counts.
     assert 0 < b["stats"]["median"] < 1 and b["stats"]["rounds"] >= 1
-    assert "PYTHONHASHSEED=0" in counts["method"] and "calls minus 0 calls" in counts["method"]
+    assert "PYTHONHASHSEED=0" in counts["method"] and counts["counting"] == "bracket"
+    assert "between client-request toggles" in counts["method"]
 
     (entry,) = ledger_entries(pytester)
     assert entry.unit == "instructions" and entry.estimate == pytest.approx(counts["estimate"])
@@ -294,9 +297,75 @@ def test_a_count_estimated_too_long_is_refused_with_the_figure(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*counting this snapshot would take about * s (3 processes x 2 runs of * calls of "
-            "* ms, about 90x under valgrind), over the 1 s budget: raise --perf-replay-max-time "
-            "(e.g. *), or count instructions rather than cycles*",
+            "*counting this snapshot would take about * s (3 processes x * of * warm-up + * "
+            "counted calls of * ms, about *x under valgrind), over the 1 s budget: raise "
+            "--perf-replay-max-time (e.g. *), or count instructions rather than cycles*",
         ]
     )
     assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.valgrind
+def test_bracketed_and_differenced_counts_agree(
+    pytester: pytest.Pytester, real_valgrind: str
+) -> None:
+    """The two methods count the same calls: one process bracketed by client requests,
+    and two whole cachegrind processes differenced."""
+    from pytest_perfreplay.replay.clientreq import available
+    from pytest_perfreplay.replay.valgrind import count_calls
+
+    if not available():
+        pytest.skip("client requests exist for x86-64 Linux only")
+    capture_traffic(pytester)
+    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("svc-checksum*/*.prsnap")
+    common: dict[str, Any] = dict(
+        store=pytester.path / ".perfreplay",
+        import_roots=[str(pytester.path)],
+        processes=3,
+        warmup=10,
+        probe_first=False,
+    )
+    # No collections inside or between the calls: the difference method would count the
+    # collections' own cost difference (what the calls left behind), the bracket does not.
+    bracket = count_calls(path, "svc:checksum", method="bracket", calls=2, gc="disable", **common)
+    diff = count_calls(path, "svc:checksum", method="difference", calls=5, gc="disable", **common)
+    assert bracket.counting == "bracket" and diff.counting == "difference"
+    assert bracket.estimate > 100_000
+    # The loop allocates ints, whose cost moves by ~1.6% with the heap's state (which
+    # differs between the methods' processes); a wrong bracket would be off by far more.
+    assert bracket.estimate == pytest.approx(diff.estimate, rel=0.03)
+
+
+@pytest.mark.valgrind
+def test_bracketed_counting_outside_callgrind_fails_with_a_reason(
+    pytester: pytest.Pytester, real_valgrind: str
+) -> None:
+    from pytest_perfreplay.replay.clientreq import available
+    from pytest_perfreplay.replay.valgrind import CountJob, counting_env
+
+    if not available():
+        pytest.skip("client requests exist for x86-64 Linux only")
+    capture_traffic(pytester)
+    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("svc-checksum*/*.prsnap")
+    job = CountJob(
+        str(path),
+        str(pytester.path / ".perfreplay"),
+        False,
+        "svc:checksum",
+        (str(pytester.path),),
+        1,
+        1,
+        "collect",
+        method="bracket",
+    )
+    (pytester.path / "job.json").write_text(job.to_json())
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_perfreplay.replay.counting", "job.json"],
+        cwd=pytester.path,
+        env=counting_env(0, job.import_roots),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "must run under valgrind --tool=callgrind" in proc.stderr

@@ -7,6 +7,13 @@ except the counted calls themselves, so the parent's difference is the calls alo
 With ``marker`` set (the callgrind profile), the counted calls are bracketed by two libc
 calls that valgrind's ``--zero-before``/``--dump-before`` options watch for; the
 arguments are unpickled before the bracket so the profile holds only the calls.
+
+With ``method == "bracket"`` the process runs under callgrind with instrumentation off:
+start-up, imports, unpickling and warm-up run at valgrind's uninstrumented speed, then
+client requests (:mod:`.clientreq`) switch instrumentation on and collect only between a
+toggle before and after each counted call. Two dumps follow: the calls, then the same
+loop around a no-op callable (what the toggles and the call wrapper cost), which the
+parent subtracts. One process gives the per-call count; no reference run is needed.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from typing import Any
 #: that neither the interpreter nor a typical target makes.
 ZERO_MARKER = "getpgrp"
 DUMP_MARKER = "getppid"
+#: Set by the parent, longer by 512 bytes per process index (see valgrind.counting_env).
+_ENV_PAD = "PERFREPLAY_LAYOUT_PAD"
 
 
 def _caller(func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], None]:
@@ -64,6 +73,7 @@ def run(job: dict[str, Any]) -> None:
     )
     call = _caller(resolve_target(job["target"]))
     policy = job["gc"]
+    _heap = _heap_pad(len(os.environ.get(_ENV_PAD, "")) // 512)  # alive until the end
 
     def one(args: tuple[Any, ...], kwargs: dict[str, Any], counted: bool) -> None:
         if policy == "collect":
@@ -80,6 +90,11 @@ def run(job: dict[str, Any]) -> None:
         one(args, kwargs, True)
 
     n = job["calls"]
+    if job.get("prewarm"):
+        return
+    if job.get("method") == "bracket":
+        _bracketed(snapshot, call, policy, n, cache_warm=bool(job.get("cache_warm")))
+        return
     marker = bool(job.get("marker"))
     if marker:
         prepared = [snapshot.load_call({}) for _ in range(n)]
@@ -97,6 +112,62 @@ def run(job: dict[str, Any]) -> None:
     for _ in range(n):
         args, kwargs = snapshot.load_call({})
         one(args, kwargs, counted)
+
+
+def _heap_pad(index: int) -> list[bytes]:
+    """Process ``index`` holds a few more small objects of every pymalloc size class, so
+    that processes differ in heap state as well as in stack position: a call that
+    allocates can take a few percent more or fewer instructions with the heap's state
+    (pools refilled or not), and the spread over processes should show it."""
+    return [bytes(size) for size in range(1, 497, 16) for _ in range(index * 13)]
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _bracketed(
+    snapshot: Any,
+    call: Callable[[tuple[Any, ...], dict[str, Any]], None],
+    policy: str,
+    n: int,
+    *,
+    cache_warm: bool,
+) -> None:
+    """Dump 1: the counted calls; dump 2: the same loop around a no-op (the overhead)."""
+    from .clientreq import ClientRequests
+
+    vg = ClientRequests()
+    if not vg.running_on_valgrind():
+        raise RuntimeError("bracketed counting must run under valgrind --tool=callgrind")
+    noop = _caller(_noop)
+    prepared = [snapshot.load_call({}) for _ in range(n + int(cache_warm))]
+    if policy == "collect":
+        gc.freeze()  # as in timed rounds: collections scan what the calls made, not this
+    toggle = vg.toggle_collect
+
+    def region(c: Callable[[tuple[Any, ...], dict[str, Any]], None], sets: Any) -> None:
+        for args, kwargs in sets:
+            if policy == "collect":
+                gc.collect()
+            elif policy == "disable":
+                gc.disable()
+            toggle()
+            c(args, kwargs)
+            toggle()
+            if policy == "disable":
+                gc.enable()
+
+    vg.start_instrumentation()
+    if cache_warm:  # the simulated caches start cold: one call, instrumented, not collected
+        args, kwargs = prepared.pop()
+        call(args, kwargs)
+    vg.zero_stats()
+    region(call, prepared)
+    vg.dump_stats()
+    region(noop, prepared)
+    vg.dump_stats()
+    vg.stop_instrumentation()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

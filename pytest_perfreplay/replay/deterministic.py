@@ -302,8 +302,12 @@ def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
         f"  {words} per call {_fmt_count(result.estimate)}  {result.confidence:.0%} CI {ci}  "
         f"spread {_pct(result.spread)} over {result.processes} processes (deterministic)",
         f"  {result.calls} counted calls after {result.warmup} warm-up per process, each "
-        f"process as {result.calls} calls minus 0 calls; valgrind {result.valgrind}, "
-        f"{result.elapsed:.1f} s",
+        + (
+            "call bracketed by callgrind client requests, minus the same bracket around a no-op"
+            if result.counting == "bracket"
+            else f"process as {result.calls} calls minus 0 calls"
+        )
+        + f"; valgrind {result.valgrind}, {result.elapsed:.1f} s",
     ]
     if result.unit == "cycles" and result.cache:
         caches = ", ".join(f"{name} {geometry}" for name, geometry in result.cache.items())
@@ -365,11 +369,13 @@ def count_item(
     p = plan(plain.wall_median, plain.unpickle, processes=processes)
     budget = cfg.max_time if cfg.max_time_explicit else DEFAULT_BUDGET
     jobs = max(1, min(4, _cpus()))
+    estimate = p.estimate(mode, jobs=jobs)
+    runs = "1 run" if p.method == "bracket" else "2 runs"
     refusal = too_long(
-        p.estimate(mode, startup=0.0, jobs=jobs),
+        estimate,
         budget,
-        f"{processes} processes x 2 runs of {p.warmup + p.calls} calls of "
-        f"{plain.wall_median * 1e3:.3g} ms, {SLOWDOWN_TEXT[mode]} under valgrind",
+        f"{processes} processes x {runs} of {p.warmup} warm-up + {p.calls} counted calls of "
+        f"{plain.wall_median * 1e3:.3g} ms, {slowdown_text(mode, p.method)} under valgrind",
         mode,
     )
     if refusal:
@@ -393,6 +399,9 @@ def count_item(
         timeout=max(60.0, 2 * budget),
         valgrind=vg,
         check_estimate=check,
+        method=p.method,
+        # well inside the budget: start every process at once rather than probe one first
+        probe_first=estimate > budget / 3,
     )
     try:
         result = count_calls(snapshot.path, target, **count_options)
@@ -551,7 +560,11 @@ def _profile(
     return done.calls
 
 
-SLOWDOWN_TEXT = {"instructions": "about 25x", "cycles": "about 90x"}
+def slowdown_text(mode: str, method: str) -> str:
+    from .valgrind import SLOWDOWN
+
+    key = ("callgrind-cycles" if mode == "cycles" else "callgrind") if method == "bracket" else mode
+    return f"about {SLOWDOWN[key]:.0f}x"
 
 
 def _cpus() -> int:

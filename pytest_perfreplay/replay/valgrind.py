@@ -9,11 +9,19 @@ instructions a call executes does not, once the process is made reproducible:
 * warm-up calls first: the 3.11 specializing interpreter quickens a code object after
   about eight executions, and each quickening changes the count.
 
-valgrind counts a whole process, start-up included (tens of millions of instructions
-against ~12M for a 1 ms call). So each process is run twice in the same set-up: once
-with ``N`` counted calls and once with none; the difference divided by ``N`` is the
-per-call count. Both runs unpickle the same ``N`` fresh argument sets and apply the same
-GC policy, so neither the unpickling nor the start-up is in the figure.
+valgrind counts a whole process, start-up included (hundreds of millions of instructions
+against ~20M for a 1 ms call). Two methods keep start-up out of the figure:
+
+* ``bracket`` (x86-64 Linux): one callgrind process per layout, started with
+  instrumentation off, so start-up, imports and warm-up run uninstrumented (about 10x
+  native instead of 20-80x). Client requests (:mod:`.clientreq`) then switch it on and
+  collect only between a toggle before and after each counted call; a second dump of the
+  same loop around a no-op gives the toggles' own cost, which is subtracted. The counted
+  calls are exact, so a few suffice.
+* ``difference`` (elsewhere): each process is run twice in the same set-up under
+  cachegrind, once with ``N`` counted calls and once with none; the difference divided by
+  ``N`` is the per-call count. Both runs unpickle the same ``N`` fresh argument sets and
+  apply the same GC policy, so neither the unpickling nor the start-up is in the figure.
 
 Processes differ on purpose in the size of their environment (a padding variable), which
 shifts the stack and nothing else; the spread over processes therefore shows how much
@@ -25,6 +33,7 @@ can call it for a baseline tree (an extra import root) and for today's code alik
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -63,14 +72,31 @@ CYCLES_FORMULA = (
     "(cachegrind's simulated caches)"
 )
 
-#: Slowdown of a call under the tool against native, measured on the development machine
-#: (cachegrind without cache simulation ~19x, with it ~80x; callgrind ~200x), rounded up.
-SLOWDOWN: Mapping[str, float] = {"instructions": 25.0, "cycles": 90.0, "callgrind": 220.0}
+Method = Literal["bracket", "difference"]
 
-#: Counted calls are chosen so that they add up to at least this much native time: the
-#: run-to-run noise of a whole process is a few hundred instructions, which is then below
-#: 1e-5 of the counted work.
+#: Slowdown of a pure-Python call under each tool against native, measured on the
+#: development machine (x86-64, valgrind 3.19, a 1 ms loop): no instrumentation 9x;
+#: cachegrind 17x, with cache simulation 47x; callgrind 82x, with cache simulation 196x.
+#: Rounded up; used only to estimate and refuse runs that would take too long.
+SLOWDOWN: Mapping[str, float] = {
+    "instructions": 20.0,  # cachegrind, the difference method
+    "cycles": 50.0,
+    "callgrind": 90.0,  # callgrind, the bracket method and the profile
+    "callgrind-cycles": 210.0,
+    "uninstrumented": 10.0,
+}
+#: Wall seconds of the counting process's start-up (interpreter, imports, snapshot) under
+#: valgrind on the development machine: instrumented (difference) and not (bracket).
+STARTUP: Mapping[str, float] = {"difference": 3.5, "bracket": 1.5}
+
+#: Counted calls are chosen so that they add up to at least this much native time. When
+#: whole processes are differenced, their run-to-run noise (a few hundred instructions)
+#: must be below 1e-5 of the counted work; bracketed calls carry no start-up noise, so a
+#: few calls average out what little the heap's state moves a call's count.
 COUNTED_NATIVE_SECONDS = 0.02
+BRACKET_COUNTED_NATIVE_SECONDS = 0.002
+#: Bracketed calls longer than this are counted once (each costs ~90x its native time).
+BRACKET_ONE_CALL_SECONDS = 0.05
 #: Warm-up calls: enough for the outer code object to be quickened (about 8 executions on
 #: 3.11) when calls are short; at least two when they are long (their own loops quicken
 #: within the first call).
@@ -166,6 +192,13 @@ def _version_output(path: str) -> str:
 # -- the plan: how many calls, and what it will cost --------------------------------------
 
 
+def bracket_available() -> bool:
+    """Whether the bracket method works here (client requests exist for x86-64 Linux)."""
+    from .clientreq import available
+
+    return available()
+
+
 @dataclass(frozen=True)
 class Plan:
     warmup: int
@@ -173,18 +206,36 @@ class Plan:
     processes: int
     native_call: float  # seconds, one plain call (median of the timed ones)
     native_args: float  # seconds to unpickle one fresh argument set
+    method: Method = "difference"
+
+    def _slow(self, mode: str) -> float:
+        if self.method == "bracket":
+            return SLOWDOWN["callgrind-cycles" if mode == "cycles" else "callgrind"]
+        return SLOWDOWN[mode]
 
     def work_seconds(self, mode: str) -> float:
-        """Native seconds inside one counting run, times the tool's slowdown."""
-        per = (self.warmup + self.calls) * (self.native_call + self.native_args)
-        return SLOWDOWN[mode] * per
+        """Wall seconds of the calls and unpickling inside one process's counting run(s)."""
+        per = self.native_call + self.native_args
+        if self.method == "bracket":
+            # warm-up and unpickling uninstrumented, counted calls (and one cache-warming
+            # call for cycles) instrumented
+            instrumented = self.calls + (1 if mode == "cycles" else 0)
+            return (
+                SLOWDOWN["uninstrumented"] * (self.warmup * per + self.calls * self.native_args)
+                + self._slow(mode) * instrumented * self.native_call
+            )
+        return self._slow(mode) * (self.warmup + self.calls) * per
 
-    def estimate(self, mode: str, *, startup: float, jobs: int) -> float:
-        """Wall seconds of the whole count: two runs per process, ``jobs`` at a time."""
+    def estimate(self, mode: str, *, startup: float | None = None, jobs: int) -> float:
+        """Wall seconds of the whole count, ``jobs`` processes at a time."""
+        start = STARTUP[self.method] if startup is None else startup
+        if self.method == "bracket":
+            one = start + self.work_seconds(mode)
+            return one * self.processes / max(1, min(jobs, self.processes))
         runs = 2 * self.processes
-        with_calls = startup + self.work_seconds(mode)
-        without = startup + SLOWDOWN[mode] * (self.warmup + self.calls) * self.native_args
-        without += SLOWDOWN[mode] * self.warmup * self.native_call
+        with_calls = start + self.work_seconds(mode)
+        without = start + self._slow(mode) * (self.warmup + self.calls) * self.native_args
+        without += self._slow(mode) * self.warmup * self.native_call
         return (with_calls + without) * self.processes / max(1, min(jobs, runs))
 
 
@@ -195,14 +246,21 @@ def plan(
     processes: int,
     warmup: int | None = None,
     calls: int | None = None,
+    method: Method | None = None,
 ) -> Plan:
-    """Choose warm-up and counted calls from the native time of one call."""
+    """Choose the method, warm-up and counted calls from the native time of one call."""
     per = max(native_call, 1e-7)
+    if method is None:
+        method = "bracket" if bracket_available() else "difference"
     if warmup is None:
         warmup = max(2, min(MAX_WARMUP, math.ceil(WARMUP_NATIVE_SECONDS / per)))
     if calls is None:
-        calls = max(3, min(MAX_CALLS, math.ceil(COUNTED_NATIVE_SECONDS / per)))
-    return Plan(warmup, calls, processes, native_call, native_args)
+        if method == "bracket":
+            few = 1 if per >= BRACKET_ONE_CALL_SECONDS else 2
+            calls = max(few, min(MAX_CALLS, math.ceil(BRACKET_COUNTED_NATIVE_SECONDS / per)))
+        else:
+            calls = max(3, min(MAX_CALLS, math.ceil(COUNTED_NATIVE_SECONDS / per)))
+    return Plan(warmup, calls, processes, native_call, native_args, method)
 
 
 def too_long(estimate: float, budget: float, what: str, mode: str = "instructions") -> str | None:
@@ -245,6 +303,7 @@ class CountResult:
     cache: dict[str, str] | None = None
     target: str = ""
     import_roots: tuple[str, ...] = ()
+    counting: str = "difference"  # "bracket": client requests around each counted call
 
     @property
     def processes(self) -> int:
@@ -286,30 +345,85 @@ def summarize(
 # -- running ------------------------------------------------------------------------------
 
 
-def _tool_args(mode: str, out_file: str) -> list[str]:
-    args = ["--tool=cachegrind", f"--cachegrind-out-file={out_file}"]
+def _tool_args(mode: str, out_file: str, method: str = "difference") -> list[str]:
+    if method == "bracket":
+        args = [
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--collect-atstart=no",
+            f"--callgrind-out-file={out_file}",
+        ]
+    else:
+        args = ["--tool=cachegrind", f"--cachegrind-out-file={out_file}"]
     if mode == "cycles":
         args.append("--cache-sim=yes")
         args.extend(f"--{name}={geometry}" for name, geometry in CACHE_GEOMETRY.items())
-    else:
-        args.append("--cache-sim=no")
+    elif method != "bracket":
+        args.append("--cache-sim=no")  # callgrind's default already
     return args
 
 
 def counting_env(
-    pad: int, import_roots: Sequence[str], base: Mapping[str, str] | None = None
+    pad: int,
+    import_roots: Sequence[str],
+    base: Mapping[str, str] | None = None,
+    *,
+    pycache: str | None = None,
+    write_bytecode: bool = False,
 ) -> dict[str, str]:
-    """The environment of a counting process: reproducible, and sized by ``pad``."""
+    """The environment of a counting process: reproducible, and sized by ``pad``.
+
+    ``pycache`` is a bytecode cache (``PYTHONPYCACHEPREFIX``) that a native pre-run fills
+    (``write_bytecode``) and the counting runs only read: compiling every module from source
+    under valgrind would cost seconds per process, and where ``PYTHONDONTWRITEBYTECODE`` is
+    set (as on many CI machines) nothing else would ever write the bytecode.
+    """
     env = dict(os.environ if base is None else base)
     env["PYTHONHASHSEED"] = "0"
     env.pop("PYTHONMALLOC", None)  # keep pymalloc: the system malloc is slower and bimodal
     env.pop("PYTHONDEVMODE", None)
     env["PERFREPLAY_CAPTURE"] = "0"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a run must not change what the next one reads
+    if write_bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # a run must not change what the next one reads
+    if pycache is not None:
+        env["PYTHONPYCACHEPREFIX"] = pycache
     paths = [*import_roots, *(p for p in sys.path if p)]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env[_ENV_PAD] = "x" * (pad * _PAD_STEP)
     return env
+
+
+def bytecode_cache() -> str | None:
+    """A per-user folder for the counting processes' bytecode, or None if none can be made."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(root, "perfreplay", "pycache")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return path
+
+
+def prewarm(job: CountJob, *, pycache: str | None, workdir: Path, timeout: float) -> None:
+    """Run the counting job natively once, without counted calls, to fill the bytecode cache
+    with every module it imports (the warm-up calls' lazy imports included)."""
+    if pycache is None:
+        return
+    job_file = workdir / "job-prewarm.json"
+    job_file.write_text(CountJob(**{**job.__dict__, "prewarm": True}).to_json())
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        # a failure here shows again, with its message, in the counted run
+        subprocess.run(
+            [sys.executable, "-m", "pytest_perfreplay.replay.counting", str(job_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=counting_env(0, job.import_roots, pycache=pycache, write_bytecode=True),
+            timeout=timeout,
+            check=False,
+        )
 
 
 def prefix(vg: Valgrind) -> list[str]:
@@ -331,6 +445,10 @@ class CountJob:
     gc: str
     counted: bool = True  # False in the reference run: the same, without the calls
     marker: bool = False  # call the callgrind markers around the counted calls
+    method: str = "difference"  # or "bracket": client requests around each call
+    cache_warm: bool = False  # bracket: one instrumented, uncollected call first (cycles)
+    prewarm: bool = False  # native pre-run: load and warm up only (fills the bytecode cache)
+    pycache: str | None = None  # PYTHONPYCACHEPREFIX of the counting processes
 
     def to_json(self) -> str:
         from dataclasses import asdict
@@ -348,7 +466,7 @@ def run_under(
     timeout: float,
 ) -> Path:
     """Run one counting process under valgrind; return its log file (for errors)."""
-    name = f"{pad}-{'calls' if job.counted else 'reference'}"
+    name = f"{pad}-{'calls' if job.counted else 'reference'}-{job.method}"
     job_file = workdir / f"job-{name}.json"
     job_file.write_text(job.to_json())
     log = workdir / f"valgrind-{name}.log"
@@ -371,7 +489,7 @@ def run_under(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
-                env=counting_env(pad, job.import_roots),
+                env=counting_env(pad, job.import_roots, pycache=job.pycache),
                 timeout=timeout,
                 check=False,
             )
@@ -412,6 +530,24 @@ def parse_cachegrind(path: Path) -> dict[str, int]:
     return dict(zip(events, summary, strict=True))
 
 
+def parse_callgrind_totals(path: Path) -> dict[str, int]:
+    """The ``events:`` / ``summary:`` totals of one callgrind dump (a part file)."""
+    events: list[str] = []
+    summary: list[int] = []
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("summary:"):
+                summary = [int(x) for x in line.split()[1:]]
+                break
+    if not events or not summary or len(summary) > len(events):
+        raise CountError(f"cannot read callgrind's totals from {path}")
+    # trailing zero events may be left out of a callgrind cost line
+    summary += [0] * (len(events) - len(summary))
+    return dict(zip(events, summary, strict=True))
+
+
 def cycles(events: Mapping[str, float]) -> float:
     """The cycle estimate of :data:`CYCLES_FORMULA` from cachegrind's event totals."""
     accesses = events["Ir"] + events["Dr"] + events["Dw"]
@@ -437,6 +573,31 @@ def _run_total(
     return parse_cachegrind(out)
 
 
+def _run_bracket(
+    vg: Valgrind,
+    mode: str,
+    base: CountJob,
+    pad: int,
+    workdir: Path,
+    timeout: float,
+) -> dict[str, float]:
+    """Per-call events of one bracketed process: (calls dump - no-op dump) / N."""
+    job = CountJob(**{**base.__dict__, "method": "bracket", "cache_warm": mode == "cycles"})
+    out = workdir / f"callgrind-{pad}.out"
+    run_under(
+        vg, _tool_args(mode, str(out), "bracket"), job, pad=pad, workdir=workdir, timeout=timeout
+    )
+    calls_part, noop_part = Path(f"{out}.1"), Path(f"{out}.2")
+    if not (calls_part.exists() and noop_part.exists()):
+        raise CountError(
+            f"callgrind wrote no bracketed counts for {base.target} (expected {calls_part.name} "
+            f"and {noop_part.name}): the client requests were not seen"
+        )
+    with_calls = parse_callgrind_totals(calls_part)
+    overhead = parse_callgrind_totals(noop_part)
+    return {k: (with_calls[k] - overhead.get(k, 0)) / base.calls for k in with_calls}
+
+
 def _processes(
     vg: Valgrind,
     mode: str,
@@ -451,6 +612,11 @@ def _processes(
     The runs are independent processes and valgrind counts are not disturbed by load,
     so they run ``jobs`` at a time.
     """
+    if base.method == "bracket":
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(pads)))) as pool:
+            return list(
+                pool.map(lambda pad: _run_bracket(vg, mode, base, pad, workdir, timeout), pads)
+            )
     runs = [(pad, counted) for pad in pads for counted in (True, False)]
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(runs)))) as pool:
         totals = list(
@@ -480,19 +646,25 @@ def count_calls(
     timeout: float = 3600.0,
     valgrind: Valgrind | None = None,
     check_estimate: Callable[[float], None] | None = None,
+    method: Method | None = None,
+    probe_first: bool = True,
 ) -> CountResult:
     """Count the per-call instructions (or estimated cycles) of ``target`` on a snapshot.
 
     ``import_roots`` go first on the counting processes' ``sys.path``: a paired runner
     passes a baseline tree there and nothing for today's code. ``check_estimate`` is
     called with the estimated total wall seconds once the first run has shown what a
-    process costs here; it may raise to refuse the rest.
+    process costs here; it may raise to refuse the rest. ``probe_first=False`` starts every
+    process at once (the caller's estimate is well inside its budget). ``method`` defaults
+    to ``bracket`` where client requests work, else ``difference``.
     """
     if mode not in MODES:
         raise CountError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     if processes < 1 or calls < 1 or warmup < 0:
         raise CountError("processes and calls must be >= 1, warmup >= 0")
     vg = valgrind or preflight()
+    if method is None:
+        method = "bracket" if bracket_available() else "difference"
     jobs = jobs or max(1, min(4, os.cpu_count() or 1))
     base = CountJob(
         snapshot_path=str(snapshot_path),
@@ -503,23 +675,39 @@ def count_calls(
         warmup=warmup,
         calls=calls,
         gc=gc,
+        method=method,
+        pycache=bytecode_cache(),
     )
+    runs_per_process = 1 if method == "bracket" else 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="perfreplay-count-") as tmp:
         workdir = Path(tmp)
-        per_events = _processes(vg, mode, base, [0], workdir, timeout, jobs)
-        if check_estimate is not None:
-            one = time.perf_counter() - started
-            check_estimate(one * (1 + math.ceil(2 * (processes - 1) / max(2, jobs))))
-        if processes > 1:
-            pads = list(range(1, processes))
-            per_events += _processes(vg, mode, base, pads, workdir, timeout, jobs)
+        prewarm(base, pycache=base.pycache, workdir=workdir, timeout=timeout)
+        if not probe_first:
+            per_events = _processes(vg, mode, base, list(range(processes)), workdir, timeout, jobs)
+        else:
+            per_events = _processes(vg, mode, base, [0], workdir, timeout, jobs)
+            if check_estimate is not None:
+                one = time.perf_counter() - started
+                rest = runs_per_process * (processes - 1)
+                check_estimate(one * (1 + math.ceil(rest / max(runs_per_process, jobs))))
+            if processes > 1:
+                pads = list(range(1, processes))
+                per_events += _processes(vg, mode, base, pads, workdir, timeout, jobs)
     elapsed = time.perf_counter() - started
     first = per_events[0]
     values = [cycles(e) if mode == "cycles" else e["Ir"] for e in per_events]
-    mean, low, high, spread, method = summarize(values, confidence)
+    mean, low, high, spread, summary_method = summarize(values, confidence)
     events = {k: sum(e[k] for e in per_events) / len(per_events) for k in first}
-    tool = " ".join([*prefix(vg), "valgrind", *_tool_args(mode, "…")])
+    tool = " ".join([*prefix(vg), "valgrind", *_tool_args(mode, "…", method)])
+    if method == "bracket":
+        how = (
+            f"each process counted {calls} calls between client-request toggles, minus the "
+            f"same loop around a no-op, after {warmup} uninstrumented warm-up calls"
+            + (" and one instrumented cache-warming call" if mode == "cycles" else "")
+        )
+    else:
+        how = f"each process counted with {calls} calls minus 0 calls after {warmup} warm-up calls"
     return CountResult(
         unit=mode,
         per_process=tuple(values),
@@ -530,8 +718,7 @@ def count_calls(
         spread=spread,
         calls=calls,
         warmup=warmup,
-        method=f"{method}; each process counted with {calls} calls minus 0 calls "
-        f"after {warmup} warm-up calls, PYTHONHASHSEED=0"
+        method=f"{summary_method}; {how}, PYTHONHASHSEED=0"
         + (", ASLR off" if vg.setarch else ", ASLR on (no setarch)")
         + ", pymalloc",
         tool=tool,
@@ -542,4 +729,5 @@ def count_calls(
         cache=dict(CACHE_GEOMETRY) if mode == "cycles" else None,
         target=target,
         import_roots=base.import_roots,
+        counting=method,
     )
