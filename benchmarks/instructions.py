@@ -3,7 +3,8 @@
 The same three pure-Python workloads as ``replay_precision.py`` (~1, ~10, ~100 ms when
 calibrated), captured once as snapshots, then counted with
 :func:`pytest_perfreplay.replay.valgrind.count_calls` exactly as
-``--perf-replay-measure=instructions`` counts them (3 processes, N calls minus 0 calls).
+``--perf-replay-measure=instructions`` counts them (3 processes; on x86-64 Linux each
+counted call bracketed by callgrind client requests, elsewhere N calls minus 0 calls).
 Code changes are made the way a paired run sees them: a second source tree whose
 ``work.py`` does a little more work, passed as the import root, against the same snapshot.
 
@@ -209,8 +210,13 @@ def main() -> None:
         vg = count.vg
         say(
             f"valgrind {vg.version_text}, {'setarch -R' if vg.setarch else 'ASLR on'}, "
-            f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each count: 3 processes "
-            f"x (N calls, 0 calls); verdict band ±{args.min_effect:.2%}"
+            f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each count: 3 processes, "
+            + (
+                "each call bracketed by callgrind client requests"
+                if plan(1e-3, 0.0, processes=3).method == "bracket"
+                else "(N calls, 0 calls) under cachegrind"
+            )
+            + f"; verdict band ±{args.min_effect:.2%}"
         )
         say(
             f"workloads calibrated to n={n}; native call: "

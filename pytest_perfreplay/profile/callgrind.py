@@ -1,8 +1,9 @@
 """Where the instructions go: callgrind's output of the replayed calls, as a speedscope file.
 
-The counting process runs under ``valgrind --tool=callgrind`` with two markers around the
-counted calls (``--zero-before`` and ``--dump-before``, see ``replay/counting.py``), so the
-first dump holds exactly those calls. callgrind records a call *graph*: per function its
+The counting process runs under ``valgrind --tool=callgrind`` and collects only the counted
+calls: zeroed and dumped by client requests on x86-64 Linux, elsewhere at two markers
+(``--zero-before`` and ``--dump-before``, see ``replay/counting.py``); the first dump
+holds exactly those calls. callgrind records a call *graph*: per function its
 own (self) instructions, and per call edge the inclusive instructions of the callee. A
 flame graph needs a call *tree*, so :func:`to_speedscope` expands the graph from its roots,
 splitting each function's weight between its own code and its callees in the proportions
@@ -258,7 +259,7 @@ def to_speedscope(graph: CallGraph, *, name: str, exporter: str) -> dict[str, An
 
 
 def first_dump(out_file: Path) -> Path:
-    """The dump written at the ``--dump-before`` marker (``<out>.1``)."""
+    """The first dump, of the counted calls (``<out>.1``)."""
     part = out_file.with_name(out_file.name + ".1")
     if not part.exists():
         raise CallgrindError(
@@ -278,14 +279,18 @@ class InstructionProfile:
     notes: list[str]
 
 
-def callgrind_args(out_file: Path) -> list[str]:
+def callgrind_args(out_file: Path, bracket: bool = False) -> list[str]:
+    """Bracketed (x86-64 Linux): client requests zero the counters before the calls and
+    dump them after, leaving out the collections between calls as the count does.
+    Otherwise two libc markers zero and dump. Instrumentation stays on from the start
+    either way: callgrind needs the whole call stack to find the graph's roots."""
     from ..replay.counting import DUMP_MARKER, ZERO_MARKER
 
+    where = [] if bracket else [f"--zero-before={ZERO_MARKER}", f"--dump-before={DUMP_MARKER}"]
     return [
         "--tool=callgrind",
         f"--callgrind-out-file={out_file}",
-        f"--zero-before={ZERO_MARKER}",
-        f"--dump-before={DUMP_MARKER}",
+        *where,
         "--dump-instr=no",  # speedscope's importer reads exactly one position column
     ]
 
@@ -316,7 +321,7 @@ def profile_instructions(
     import json
     import tempfile
 
-    from ..replay.valgrind import CountJob, run_under
+    from ..replay.valgrind import CountJob, bracket_available, run_under
     from ..snapshot.store import write_atomic
     from . import speedscope
     from .passes import DIFF_SUFFIX, sibling
@@ -331,10 +336,12 @@ def profile_instructions(
         calls=calls,
         gc=gc,
         marker=True,
+        method="bracket" if bracket_available() else "difference",
     )
     with tempfile.TemporaryDirectory(prefix="perfreplay-callgrind-") as tmp:
         raw = Path(tmp) / "callgrind.out"
-        run_under(valgrind, callgrind_args(raw), job, pad=0, workdir=Path(tmp), timeout=timeout)
+        args = callgrind_args(raw, bracket=job.method == "bracket")
+        run_under(valgrind, args, job, pad=0, workdir=Path(tmp), timeout=timeout)
         graph = parse_callgrind(first_dump(raw).read_text(errors="replace"))
     doc = to_speedscope(graph, name=f"{name} ({calls} calls, callgrind)", exporter=exporter)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -92,14 +92,18 @@ def run(job: dict[str, Any]) -> None:
     n = job["calls"]
     if job.get("prewarm"):
         return
-    if job.get("method") == "bracket":
+    bracket = job.get("method") == "bracket"
+    marker = bool(job.get("marker"))
+    if bracket and not marker:
         _bracketed(snapshot, call, policy, n, cache_warm=bool(job.get("cache_warm")))
         return
-    marker = bool(job.get("marker"))
     if marker:
         prepared = [snapshot.load_call({}) for _ in range(n)]
         if policy == "collect":
             gc.freeze()  # as in timed rounds: collections scan what the calls made, not this
+        if bracket:
+            _profiled(call, policy, prepared)
+            return
         os.getpgrp()  # ZERO_MARKER
         for args, kwargs in prepared:
             one(args, kwargs, True)
@@ -168,6 +172,33 @@ def _bracketed(
     region(noop, prepared)
     vg.dump_stats()
     vg.stop_instrumentation()
+
+
+def _profiled(
+    call: Callable[[tuple[Any, ...], dict[str, Any]], None],
+    policy: str,
+    prepared: list[tuple[tuple[Any, ...], dict[str, Any]]],
+) -> None:
+    """The profile's calls under callgrind: the counters are zeroed before the calls and
+    dumped after them, and the collections between calls are left out, as the count
+    leaves them out."""
+    from .clientreq import ClientRequests
+
+    vg = ClientRequests()
+    if not vg.running_on_valgrind():
+        raise RuntimeError("the instruction profile must run under valgrind --tool=callgrind")
+    vg.zero_stats()
+    for args, kwargs in prepared:
+        if policy == "collect":
+            vg.toggle_collect()
+            gc.collect()
+            vg.toggle_collect()
+        elif policy == "disable":
+            gc.disable()
+        call(args, kwargs)
+        if policy == "disable":
+            gc.enable()
+    vg.dump_stats()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
