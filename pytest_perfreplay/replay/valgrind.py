@@ -516,22 +516,8 @@ def _tail(path: Path, lines: int = 8) -> str:
 
 
 def parse_cachegrind(path: Path) -> dict[str, int]:
-    """The ``events:`` / ``summary:`` totals of a cachegrind output file."""
-    events: list[str] = []
-    summary: list[int] = []
-    with open(path) as fh:
-        for line in fh:
-            if line.startswith("events:"):
-                events = line.split()[1:]
-            elif line.startswith("summary:"):
-                summary = [int(x) for x in line.split()[1:]]
-    if not events or len(events) != len(summary):
-        raise CountError(f"cannot read valgrind's totals from {path}")
-    return dict(zip(events, summary, strict=True))
-
-
-def parse_callgrind_totals(path: Path) -> dict[str, int]:
-    """The ``events:`` / ``summary:`` totals of one callgrind dump (a part file)."""
+    """The ``events:`` / ``summary:`` totals of a cachegrind output file, or of one
+    callgrind dump (a part file; callgrind may leave trailing zero events out)."""
     events: list[str] = []
     summary: list[int] = []
     with open(path) as fh:
@@ -542,8 +528,7 @@ def parse_callgrind_totals(path: Path) -> dict[str, int]:
                 summary = [int(x) for x in line.split()[1:]]
                 break
     if not events or not summary or len(summary) > len(events):
-        raise CountError(f"cannot read callgrind's totals from {path}")
-    # trailing zero events may be left out of a callgrind cost line
+        raise CountError(f"cannot read valgrind's totals from {path}")
     summary += [0] * (len(events) - len(summary))
     return dict(zip(events, summary, strict=True))
 
@@ -593,8 +578,8 @@ def _run_bracket(
             f"callgrind wrote no bracketed counts for {base.target} (expected {calls_part.name} "
             f"and {noop_part.name}): the client requests were not seen"
         )
-    with_calls = parse_callgrind_totals(calls_part)
-    overhead = parse_callgrind_totals(noop_part)
+    with_calls = parse_cachegrind(calls_part)
+    overhead = parse_cachegrind(noop_part)
     return {k: (with_calls[k] - overhead.get(k, 0)) / base.calls for k in with_calls}
 
 
