@@ -607,12 +607,17 @@ def read_header(data: bytes, *, path: str | None = None) -> tuple[Header, bytes,
     payload = data[_PREFIX + n :]
     size = header["payload"]["size"]
     if len(payload) != size:
-        what = "truncated" if len(payload) < size else "has trailing bytes"
-        raise SnapshotError(
-            f"payload {what}: header says {size} bytes, file has {len(payload)}; {_WHAT_TO_DO}",
-            path=path,
-        )
+        raise _size_mismatch(size, len(payload), path)
     return header, header_bytes, payload
+
+
+def _size_mismatch(size: int, found: int, path: str | None) -> SnapshotError:
+    what = "truncated" if found < size else "trailing bytes"
+    return SnapshotError(
+        f"payload size mismatch ({what}): header says {size} bytes, file has {found}; "
+        f"{_WHAT_TO_DO}",
+        path=path,
+    )
 
 
 def read_header_file(path: str | os.PathLike[str]) -> Header:
@@ -620,12 +625,16 @@ def read_header_file(path: str | os.PathLike[str]) -> Header:
     where = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            prefix = f.read(_PREFIX)
-            n = header_length(prefix, path=where)
-            header_bytes = f.read(n)
-            total = os.fstat(f.fileno()).st_size
+            return _read_head(f, where)[0]
     except OSError as exc:
         raise SnapshotError(f"cannot read: {exc.strerror or exc}", path=where) from None
+
+
+def _read_head(f: Any, where: str) -> tuple[Header, bytes, int]:
+    """(header, its bytes, its length) of an open snapshot file, positioned at the start;
+    the payload's length is checked against the header by the file's size."""
+    n = header_length(f.read(_PREFIX), path=where)
+    header_bytes = f.read(n)
     if len(header_bytes) < n:
         raise SnapshotError(
             f"truncated snapshot: header needs {n} bytes, file has {len(header_bytes)}; "
@@ -634,13 +643,10 @@ def read_header_file(path: str | os.PathLike[str]) -> Header:
         )
     header = parse_header(header_bytes, path=where)
     size = header["payload"]["size"]
-    if total - _PREFIX - n != size:
-        raise SnapshotError(
-            f"payload size mismatch: header says {size} bytes, file has "
-            f"{total - _PREFIX - n}; {_WHAT_TO_DO}",
-            path=where,
-        )
-    return header
+    found = os.fstat(f.fileno()).st_size - _PREFIX - n
+    if found != size:
+        raise _size_mismatch(size, found, where)
+    return header, header_bytes, n
 
 
 def parse_header(header_bytes: bytes, *, path: str | None = None) -> Header:
@@ -827,23 +833,7 @@ def verify_file(
     """
     where = path if path is not None else os.fspath(file)
     with open(file, "rb") as f:
-        n = header_length(f.read(_PREFIX), path=where)
-        header_bytes = f.read(n)
-        if len(header_bytes) < n:
-            raise SnapshotError(
-                f"truncated snapshot: header needs {n} bytes, file has {len(header_bytes)}; "
-                f"{_WHAT_TO_DO}",
-                path=where,
-            )
-        header = parse_header(header_bytes, path=where)
-        size = header["payload"]["size"]
-        found = os.fstat(f.fileno()).st_size - _PREFIX - n
-        if found != size:
-            what = "truncated" if found < size else "has trailing bytes"
-            raise SnapshotError(
-                f"payload {what}: header says {size} bytes, file has {found}; {_WHAT_TO_DO}",
-                path=where,
-            )
+        header, header_bytes, n = _read_head(f, where)
         signed = _check_signature(header, header_bytes, keyring, allow_unsigned, where)
         start = _PREFIX + n
         metas = header["payload"]["sections"]
