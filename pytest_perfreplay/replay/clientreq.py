@@ -14,6 +14,7 @@ to differencing whole processes elsewhere.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import platform
 import sys
@@ -41,9 +42,21 @@ START_INSTRUMENTATION = _CALLGRIND + 4
 STOP_INSTRUMENTATION = _CALLGRIND + 5
 
 
-def available() -> bool:
-    """Whether requests can be issued on this platform (x86-64 Linux)."""
+def _platform_ok() -> bool:
     return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
+
+
+@functools.cache
+def available() -> bool:
+    """Whether requests can be issued here: x86-64 Linux, where an executable page can be
+    mapped (a hardened kernel may refuse that; counting then differences processes)."""
+    if not _platform_ok():
+        return False
+    try:
+        ClientRequests()
+    except (OSError, ValueError, RuntimeError):
+        return False
+    return True
 
 
 class ClientRequests:
@@ -51,7 +64,7 @@ class ClientRequests:
     for as little Python as possible between the two toggles)."""
 
     def __init__(self) -> None:
-        if not available():
+        if not _platform_ok():
             raise RuntimeError(
                 f"valgrind client requests are not supported on {platform.machine()}"
             )
