@@ -321,7 +321,7 @@ def profile_instructions(
     import json
     import tempfile
 
-    from ..replay.valgrind import CountJob, bracket_available, run_under
+    from ..replay.valgrind import CountJob, bracket_available, bytecode_cache, prewarm, run_under
     from ..snapshot.store import write_atomic
     from . import speedscope
     from .passes import DIFF_SUFFIX, sibling
@@ -337,8 +337,10 @@ def profile_instructions(
         gc=gc,
         marker=True,
         method="bracket" if bracket_available() else "difference",
+        pycache=bytecode_cache(),  # set up as the count's processes are: same heap state
     )
     with tempfile.TemporaryDirectory(prefix="perfreplay-callgrind-") as tmp:
+        prewarm(job, pycache=job.pycache, workdir=Path(tmp), timeout=timeout)
         raw = Path(tmp) / "callgrind.out"
         args = callgrind_args(raw, bracket=job.method == "bracket")
         run_under(valgrind, args, job, pad=0, workdir=Path(tmp), timeout=timeout)
