@@ -6,6 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from pytest_perfreplay.replay.stats import preload_scipy
+
+# pytester restores sys.modules after each test, dropping whatever was first imported
+# during it; numpy's C extensions cannot then be imported a second time. Import them once,
+# here, so a test's order in the run never decides whether scipy works in it.
+preload_scipy()
+
 pytest_plugins = ["tests.speedscope_app", "tests.s3_server"]
 
 

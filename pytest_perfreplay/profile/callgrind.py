@@ -280,13 +280,17 @@ class InstructionProfile:
 
 
 def callgrind_args(out_file: Path, bracket: bool = False) -> list[str]:
-    """Bracketed (x86-64 Linux): client requests zero the counters before the calls and
-    dump them after, leaving out the collections between calls as the count does.
-    Otherwise two libc markers zero and dump. Instrumentation stays on from the start
-    either way: callgrind needs the whole call stack to find the graph's roots."""
+    """Bracketed (x86-64 Linux): collection starts off and client requests switch it on
+    around each call only, as in the count. Otherwise two libc markers zero and dump.
+    Instrumentation stays on from the start either way: callgrind needs the whole call
+    stack to find the graph's roots."""
     from ..replay.counting import DUMP_MARKER, ZERO_MARKER
 
-    where = [] if bracket else [f"--zero-before={ZERO_MARKER}", f"--dump-before={DUMP_MARKER}"]
+    where = (
+        ["--collect-atstart=no"]
+        if bracket
+        else [f"--zero-before={ZERO_MARKER}", f"--dump-before={DUMP_MARKER}"]
+    )
     return [
         "--tool=callgrind",
         f"--callgrind-out-file={out_file}",
@@ -321,7 +325,14 @@ def profile_instructions(
     import json
     import tempfile
 
-    from ..replay.valgrind import CountJob, bracket_available, bytecode_cache, prewarm, run_under
+    from ..replay.valgrind import (
+        CountJob,
+        bracket_available,
+        bytecode_cache,
+        parse_cachegrind,
+        prewarm,
+        run_under,
+    )
     from ..snapshot.store import write_atomic
     from . import speedscope
     from .passes import DIFF_SUFFIX, sibling
@@ -345,12 +356,15 @@ def profile_instructions(
         args = callgrind_args(raw, bracket=job.method == "bracket")
         run_under(valgrind, args, job, pad=0, workdir=Path(tmp), timeout=timeout)
         graph = parse_callgrind(first_dump(raw).read_text(errors="replace"))
+        noop = raw.with_name(raw.name + ".2")  # bracketed: the no-op loop, the overhead
+        overhead = parse_cachegrind(noop).get("Ir", 0) if noop.exists() else 0
     doc = to_speedscope(graph, name=f"{name} ({calls} calls, callgrind)", exporter=exporter)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(doc, separators=(",", ":")).encode(), mode=0o644)
     summary = speedscope.summarize(doc, top=top)
     lines = [
-        f"callgrind: {calls} calls, {summary.total / calls:,.0f} instructions per call; "
+        f"callgrind: {calls} calls, {(summary.total - overhead) / calls:,.0f} instructions "
+        f"per call{' (less the no-op bracket)' if overhead else ''}; "
         f"{WHY_C_FRAMES}",
         *(line.replace("time)", "instructions)") for line in summary.table()),
     ]

@@ -4,9 +4,10 @@ It loads and verifies the snapshot, makes the warm-up calls, then unpickles ``ca
 argument sets and calls the target on each. The reference run does everything the same
 except the counted calls themselves, so the parent's difference is the calls alone.
 
-With ``marker`` set (the callgrind profile), the counted calls are bracketed by two libc
-calls that valgrind's ``--zero-before``/``--dump-before`` options watch for; the
-arguments are unpickled before the bracket so the profile holds only the calls.
+With ``marker`` set (the callgrind profile) and the difference method, the counted calls
+are bracketed by two libc calls that valgrind's ``--zero-before``/``--dump-before`` options
+watch for; the arguments are unpickled before the bracket so the profile holds only the
+calls. With the bracket method the profile brackets each call exactly as the count does.
 
 With ``method == "bracket"`` the process runs under callgrind with instrumentation off:
 start-up, imports, unpickling and warm-up run at valgrind's uninstrumented speed, then
@@ -94,16 +95,22 @@ def run(job: dict[str, Any]) -> None:
         return
     bracket = job.get("method") == "bracket"
     marker = bool(job.get("marker"))
-    if bracket and not marker:
-        _bracketed(snapshot, call, policy, n, cache_warm=bool(job.get("cache_warm")))
+    if bracket:
+        if policy == "collect":
+            gc.freeze()  # as in timed rounds: collections scan what the calls made, not this
+
+        def load() -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return snapshot.load_call({})
+
+        if marker:
+            _profiled(call, policy, load, n)
+        else:
+            _bracketed(call, policy, load, n, cache_warm=bool(job.get("cache_warm")))
         return
     if marker:
         prepared = [snapshot.load_call({}) for _ in range(n)]
         if policy == "collect":
             gc.freeze()  # as in timed rounds: collections scan what the calls made, not this
-        if bracket:
-            _profiled(call, policy, prepared)
-            return
         os.getpgrp()  # ZERO_MARKER
         for args, kwargs in prepared:
             one(args, kwargs, True)
@@ -130,46 +137,62 @@ def _noop(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _bracketed(
-    snapshot: Any,
+Loader = Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+def _region(
+    vg: Any,
     call: Callable[[tuple[Any, ...], dict[str, Any]], None],
     policy: str,
+    load: Loader,
+    n: int,
+) -> None:
+    """``n`` calls, each on an argument set unpickled just before it, collecting only
+    between a toggle before and after the call. Unpickling each set next to its call
+    keeps the heap in the same state for every call, whatever ``n`` is: a call that
+    allocates costs more or fewer instructions with the state of the allocator's pools,
+    and ``n`` sets unpickled ahead of time changed the count by up to 2% with ``n``."""
+    toggle = vg.toggle_collect
+    for _ in range(n):
+        args, kwargs = load()
+        if policy == "collect":
+            gc.collect()
+        elif policy == "disable":
+            gc.disable()
+        toggle()
+        call(args, kwargs)
+        toggle()
+        if policy == "disable":
+            gc.enable()
+        del args, kwargs
+
+
+def _client_requests(what: str) -> Any:
+    from .clientreq import ClientRequests
+
+    vg = ClientRequests()
+    if not vg.running_on_valgrind():
+        raise RuntimeError(f"{what} must run under valgrind --tool=callgrind")
+    return vg
+
+
+def _bracketed(
+    call: Callable[[tuple[Any, ...], dict[str, Any]], None],
+    policy: str,
+    load: Loader,
     n: int,
     *,
     cache_warm: bool,
 ) -> None:
     """Dump 1: the counted calls; dump 2: the same loop around a no-op (the overhead)."""
-    from .clientreq import ClientRequests
-
-    vg = ClientRequests()
-    if not vg.running_on_valgrind():
-        raise RuntimeError("bracketed counting must run under valgrind --tool=callgrind")
-    noop = _caller(_noop)
-    prepared = [snapshot.load_call({}) for _ in range(n + int(cache_warm))]
-    if policy == "collect":
-        gc.freeze()  # as in timed rounds: collections scan what the calls made, not this
-    toggle = vg.toggle_collect
-
-    def region(c: Callable[[tuple[Any, ...], dict[str, Any]], None], sets: Any) -> None:
-        for args, kwargs in sets:
-            if policy == "collect":
-                gc.collect()
-            elif policy == "disable":
-                gc.disable()
-            toggle()
-            c(args, kwargs)
-            toggle()
-            if policy == "disable":
-                gc.enable()
-
+    vg = _client_requests("bracketed counting")
     vg.start_instrumentation()
     if cache_warm:  # the simulated caches start cold: one call, instrumented, not collected
-        args, kwargs = prepared.pop()
-        call(args, kwargs)
+        call(*load())
     vg.zero_stats()
-    region(call, prepared)
+    _region(vg, call, policy, load, n)
     vg.dump_stats()
-    region(noop, prepared)
+    _region(vg, _caller(_noop), policy, load, n)
     vg.dump_stats()
     vg.stop_instrumentation()
 
@@ -177,27 +200,18 @@ def _bracketed(
 def _profiled(
     call: Callable[[tuple[Any, ...], dict[str, Any]], None],
     policy: str,
-    prepared: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    load: Loader,
+    n: int,
 ) -> None:
-    """The profile's calls under callgrind: the counters are zeroed before the calls and
-    dumped after them, and the collections between calls are left out, as the count
-    leaves them out."""
-    from .clientreq import ClientRequests
-
-    vg = ClientRequests()
-    if not vg.running_on_valgrind():
-        raise RuntimeError("the instruction profile must run under valgrind --tool=callgrind")
+    """The profile's calls under callgrind, bracketed exactly as the count brackets them
+    (instrumentation is on from the start here: callgrind needs the whole call stack to
+    find the graph's roots). Dump 1 is the profile; dump 2, the no-op loop, gives the
+    overhead to subtract from its per-call figure."""
+    vg = _client_requests("the instruction profile")
     vg.zero_stats()
-    for args, kwargs in prepared:
-        if policy == "collect":
-            vg.toggle_collect()
-            gc.collect()
-            vg.toggle_collect()
-        elif policy == "disable":
-            gc.disable()
-        call(args, kwargs)
-        if policy == "disable":
-            gc.enable()
+    _region(vg, call, policy, load, n)
+    vg.dump_stats()
+    _region(vg, _caller(_noop), policy, load, n)
     vg.dump_stats()
 
 
