@@ -148,7 +148,7 @@ def test_a_real_2x_slowdown_is_called_slower_and_the_gate_fails(
     assert result.ret == 1
     result.stdout.fnmatch_lines(
         [
-            "*change: *x slower [[]*] vs HEAD~1 (paired, same session, 4 process pairs, "
+            "*change: *x slower [[]*] vs HEAD~1 (paired, same session, * process pairs, "
             "* pairs), significant*",
             "*perf gate (--perf-replay-fail-slower=20%)*",
         ]
@@ -161,7 +161,9 @@ def test_a_real_2x_slowdown_is_called_slower_and_the_gate_fails(
     assert 1.3 < paired["ratio"] < 4, paired  # a 2x change, on a shared, loaded machine
     assert paired["low"] <= paired["ratio"] <= paired["high"]
     assert (paired["rev"], paired["sha"], paired["unit"]) == ("HEAD~1", sha, "seconds")
-    assert paired["deterministic"] is False and paired["process_pairs"] == 4
+    assert paired["deterministic"] is False
+    # Waves of 4 pairs, at least two before the first look.
+    assert paired["process_pairs"] >= 8 and paired["process_pairs"] % 4 == 0
     # JUnit properties for CI dashboards.
     props = {
         p.get("name"): p.get("value") for p in ET.parse(pytester.path / "j.xml").iter("property")
@@ -204,9 +206,10 @@ def test_identical_code_shows_no_significant_change(pytester: pytest.Pytester) -
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["*no significant change vs HEAD (paired, same session, 3 process pairs, * pairs;*"]
+        ["*no significant change vs HEAD (paired, same session, * process pairs, * pairs;*"]
     )
     paired = bench(pytester)[0]["extra_info"]["paired"]
+    assert paired["process_pairs"] >= 6 and paired["process_pairs"] % 3 == 0  # waves of 3
     assert paired["significant"] is False and paired["direction"] == "same"
     assert 0.5 < paired["ratio"] < 2, paired  # a sanity bound; the call is what matters
 

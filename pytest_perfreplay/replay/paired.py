@@ -1,15 +1,22 @@
 """Paired A/B in one session: the code at a git revision against today's, on one snapshot.
 
-Several process pairs (a baseline worker and a candidate worker each, every process with its
-own ``PYTHONHASHSEED``) stay alive for the whole comparison. Rounds ("letters": a few fresh-
-argument calls, summarized by their median) alternate between the two sides of one pair in
-randomized ABBA or BAAB blocks; only one worker runs at any moment. Each block yields two
-adjacent (baseline, candidate) pairs, and the statistic is taken on their log ratios
+Process pairs (a baseline worker and a candidate worker each, every process with its own
+``PYTHONHASHSEED``) run in waves: a wave's pairs are started together, warmed, measured,
+and closed before the next wave starts. Rounds ("letters": a few fresh-argument calls,
+summarized by their median) alternate between the two sides of one pair in randomized
+ABBA or BAAB blocks; only one worker runs at any moment. Each block yields two adjacent
+(baseline, candidate) pairs, and the statistic is taken on their log ratios
 (:mod:`.pairstats`): Hodges-Lehmann within each process pair, a random effect between them.
 
-The stopping rule aims at the decision: at a few spaced looks it stops once the interval of
-the ratio clears the minimum-effect band (a change) or sits inside it (no change that
-matters), and otherwise when the budget is spent, and says which.
+Why waves of short-lived pairs: each process pair carries an offset of its own, about 1%
+of a 10 ms pure-Python call on this project's 2-core test machine, that outlasts any
+number of rounds; same hash seeds, ASLR off and pinning both sides to one CPU each left it
+in place. Only more pairs average it out, and four long-lived ones could not tell a 2%
+slowdown from none.
+
+The stopping rule aims at the decision: after every wave from the second on it stops once
+the interval of the ratio clears the minimum-effect band (a change) or sits inside it (no
+change that matters), and otherwise when the budget is spent, and says which.
 """
 
 from __future__ import annotations
@@ -36,16 +43,21 @@ from .workers import WorkerJob, _worker_env
 if TYPE_CHECKING:
     from .baseline import Baseline
 
-#: Process pairs when ``--perf-replay-processes`` does not say otherwise.
+#: Process pairs alive at once (a wave) when ``--perf-replay-processes`` does not say.
 DEFAULT_PROCESS_PAIRS = 4
-#: Blocks every process pair takes before the first look: 6 pairs, the fewest that give a
-#: Wilcoxon interval at 95%.
-MIN_BLOCKS = 3
-#: Share of the budget the measured letters aim to fill at the default pace.
-PACE_SHARE = 0.6
-#: Blocks per process pair that pace aims for (letters get longer to amortize overhead).
-PACE_BLOCKS = 6
-
+#: Budget of a comparison when --perf-replay-max-time is not given: about 30 process
+#: pairs of a 10 ms call on a 2-core machine, which the default of timed rounds (10 s)
+#: would cut to 15.
+DEFAULT_PAIRED_BUDGET = 20.0
+#: ABBA blocks each process pair takes in its wave: 8 log ratios, enough for a Wilcoxon
+#: interval at 95% (6 is the least).
+WAVE_BLOCKS = 4
+#: Waves before the first look: 8 process pairs, so the t quantile is 2.4, not 3.2.
+MIN_WAVES = 2
+#: Waves the letters are sized for at the default pace (more run while the budget lasts).
+PACE_WAVES = 6
+#: Share of the budget the measured letters aim to fill (the rest: start-up, warm-up).
+PACE_SHARE = 0.4
 STOP_SIGNIFICANT = "decided: the interval clears the minimum-effect band"
 STOP_EQUIVALENT = "decided: the interval sits inside the minimum-effect band"
 STOP_TIME = "budget spent (time) before a decision"
@@ -115,8 +127,8 @@ class PairedVerdict:
 
 @dataclass(frozen=True)
 class PairedPolicy:
-    process_pairs: int = DEFAULT_PROCESS_PAIRS
-    max_time: float = 10.0
+    process_pairs: int = DEFAULT_PROCESS_PAIRS  # per wave
+    max_time: float = DEFAULT_PAIRED_BUDGET
     max_letters: int = 10_000
     confidence: float = 0.95
     min_effect: float = 1.0  # percent
@@ -131,112 +143,120 @@ class Side(Protocol):
     def run(self, calls: int) -> float: ...
 
 
+Pairs = Sequence[tuple[Side, Side]]
+
+
 @dataclass
 class PairedRun:
     pooled: PooledLogRatio
-    log_ratios: list[list[float]]
+    log_ratios: list[list[float]]  # per process pair, in the order they ran
     baseline: list[list[float]]  # per process pair, letter medians (seconds per call)
     candidate: list[list[float]]
     calls_per_letter: int
     stop_reason: str
     elapsed: float
     looks: int
+    waves: int = 0
+    measured: float = 0.0  # seconds spent in letters
     warm: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
 
 
-def looks_at(blocks: int) -> bool:
-    """Whether the stopping rule looks after this many blocks per pair: 3, 4, 6, 9, 13...
-
-    Spaced looks keep the number of chances to stop on a fluke small.
-    """
-    look = MIN_BLOCKS
-    while look < blocks:
-        look = max(look + 1, int(look * 1.5))
-    return look == blocks
-
-
 def run_pairs(
-    pairs: Sequence[tuple[Side, Side]],
+    waves: Pairs | Callable[[int], Pairs],
     policy: PairedPolicy,
     *,
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.perf_counter,
     on_look: Callable[[int, PooledLogRatio, float], None] | None = None,
 ) -> PairedRun:
-    """Warm every worker, then interleave ABBA/BAAB blocks until a decision or the budget.
+    """Measure wave after wave of process pairs until a decision or the budget.
 
-    ``policy.max_time`` bounds the measured blocks (at least :data:`MIN_BLOCKS` per pair are
-    always taken); the workers' warm-up comes on top.
+    ``waves(i)`` gives wave ``i``'s process pairs, started and ready (a fixed sequence is
+    reused for every wave). Each worker is warmed, then every pair takes
+    :data:`WAVE_BLOCKS` ABBA/BAAB blocks, pairs in a shuffled order per block. A process
+    pair carries an offset of its own (memory layout, hash seed: about 1% per pair here,
+    and no setting of ASLR, seeds or CPU pinning removed it), which only more pairs average
+    out; so the comparison takes many short-lived pairs rather than long runs of a few.
+
+    The stopping rule looks after every wave from :data:`MIN_WAVES` on. ``policy.max_time``
+    bounds the wall time from the end of the first wave's start-up: later waves' start-up
+    and warm-up count, as a user waits for them too.
     """
     rng = rng or random.Random()
+    start_wave = waves if callable(waves) else (lambda _i, fixed=waves: fixed)
     start = clock()
+    logs: list[list[float]] = []
+    base_letters: list[list[float]] = []
+    cand_letters: list[list[float]] = []
     warm: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    for base, cand in pairs:
-        warm.append(
-            (
-                base.warm(policy.max_warmup_calls, policy.max_time / 10),
-                cand.warm(policy.max_warmup_calls, policy.max_time / 10),
-            )
-        )
-    # Letters long enough that one scheduling hiccup does not decide a letter (their median
-    # absorbs it), short enough for PACE_BLOCKS blocks per pair within the budget.
-    per_call = max(max(b["median"], c["median"]) for b, c in warm)
-    letter_time = policy.max_time * PACE_SHARE / (len(pairs) * 4 * PACE_BLOCKS)
-    calls = max(1, min(10_000, int(letter_time / max(per_call, 1e-9))))
-
-    k = len(pairs)
-    logs: list[list[float]] = [[] for _ in range(k)]
-    base_letters: list[list[float]] = [[] for _ in range(k)]
-    cand_letters: list[list[float]] = [[] for _ in range(k)]
-    blocks = 0
+    calls = 0
     looks = 0
     letters = 0
+    wave = 0
+    measured = 0.0
     stop = STOP_TIME
     pooled: PooledLogRatio | None = None
-    measure_start = clock()
+    budget_start: float | None = None
     while True:
-        order = list(range(k))
-        rng.shuffle(order)
-        for j in order:
-            base, cand = pairs[j]
-            pattern = "ABBA" if rng.random() < 0.5 else "BAAB"
-            got: dict[str, list[float]] = {"A": [], "B": []}
-            for letter in pattern:
-                side = base if letter == "A" else cand
-                got[letter].append(side.run(calls))
-            a, b = got["A"], got["B"]
-            # ABBA pairs (A1,B1) and (A2,B2) by position: each B sits next to its A.
-            for x, y in zip(a, b, strict=True):
-                # A zero reading (below the clock's resolution) must not end the comparison.
-                logs[j].append(math.log(max(y, 1e-12) / max(x, 1e-12)))
-            base_letters[j].extend(a)
-            cand_letters[j].extend(b)
-            letters += 4
-        blocks += 1
-        if blocks >= MIN_BLOCKS and looks_at(blocks):
+        pairs = start_wave(wave)
+        if budget_start is None:
+            budget_start = clock()
+        warmed = _warm(pairs, policy.max_warmup_calls, policy.max_time / 20)
+        warm += warmed
+        if not calls:
+            # Letters sized so PACE_WAVES waves fill PACE_SHARE of the budget; at least one
+            # call, and a letter's median absorbs one scheduling hiccup when it has several.
+            per_call = max(
+                max(b.get("cpu", b["median"]), c.get("cpu", c["median"])) for b, c in warmed
+            )
+            letter_time = policy.max_time * PACE_SHARE / (len(pairs) * PACE_WAVES * 4 * WAVE_BLOCKS)
+            calls = max(1, min(10_000, int(letter_time / max(per_call, 1e-9))))
+        first = len(logs)
+        for _ in pairs:
+            logs.append([])
+            base_letters.append([])
+            cand_letters.append([])
+        letters_start = clock()
+        for _block in range(WAVE_BLOCKS):
+            order = list(range(len(pairs)))
+            rng.shuffle(order)
+            for j in order:
+                base, cand = pairs[j]
+                pattern = "ABBA" if rng.random() < 0.5 else "BAAB"
+                got: dict[str, list[float]] = {"A": [], "B": []}
+                for letter in pattern:
+                    side = base if letter == "A" else cand
+                    got[letter].append(side.run(calls))
+                a, b = got["A"], got["B"]
+                # ABBA pairs (A1,B1) and (A2,B2) by position: each B sits next to its A.
+                for x, y in zip(a, b, strict=True):
+                    # A zero reading (below the clock's resolution) must not end the run.
+                    logs[first + j].append(math.log(max(y, 1e-12) / max(x, 1e-12)))
+                base_letters[first + j].extend(a)
+                cand_letters[first + j].extend(b)
+                letters += 4
+        measured += clock() - letters_start
+        wave += 1
+        if wave >= MIN_WAVES:
             looks += 1
             pooled = pool(logs, policy.confidence)
             d = decide(pooled.ratio_low, pooled.ratio_high, policy.min_effect / 100)
             if on_look is not None:
-                on_look(blocks, pooled, clock() - start)
+                on_look(len(logs), pooled, clock() - start)
             if d.significant:
                 stop = STOP_SIGNIFICANT
                 break
             if d.equivalent:
                 stop = STOP_EQUIVALENT
                 break
-        if blocks >= MIN_BLOCKS:
-            # The budget is for the measured rounds: start-up and warm-up are not rounds,
-            # and on a loaded machine they would otherwise leave too few to decide.
-            measured = clock() - measure_start
-            if measured + measured / blocks > policy.max_time:
+            spent = clock() - budget_start
+            if spent + spent / wave > policy.max_time:
                 stop = STOP_TIME
                 break
-            if letters + 4 * k > policy.max_letters:
+            if letters + 4 * WAVE_BLOCKS * len(pairs) > policy.max_letters:
                 stop = STOP_ROUNDS
                 break
-    if pooled is None or looks == 0 or not looks_at(blocks):
-        pooled = pool(logs, policy.confidence)
+    assert pooled is not None
     return PairedRun(
         pooled=pooled,
         log_ratios=logs,
@@ -246,8 +266,24 @@ def run_pairs(
         stop_reason=stop,
         elapsed=clock() - start,
         looks=looks,
+        waves=wave,
+        measured=measured,
         warm=warm,
     )
+
+
+def _warm(
+    pairs: Pairs, max_calls: int, max_seconds: float
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Warm every worker of a wave; at once when they can (nothing is measured yet, and
+    a wave's warm-up would otherwise take a core-second per pair of 10 ms calls)."""
+    sides = [side for pair in pairs for side in pair]
+    if all(hasattr(side, "begin_warm") for side in sides):
+        for side in sides:
+            side.begin_warm(max_calls, max_seconds * 4)  # type: ignore[attr-defined]
+        done = [side.end_warm() for side in sides]  # type: ignore[attr-defined]
+        return [(done[2 * i], done[2 * i + 1]) for i in range(len(pairs))]
+    return [(b.warm(max_calls, max_seconds), c.warm(max_calls, max_seconds)) for b, c in pairs]
 
 
 def verdict_of(
@@ -291,6 +327,7 @@ class WorkerProcess:
         self, job: WorkerJob, *, env: dict[str, str], cwd: Path | None, label: str
     ) -> None:
         self.label = label
+        self._warm_timeout = 60.0
         read_fd, write_fd = os.pipe()
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
         try:
@@ -339,8 +376,15 @@ class WorkerProcess:
         return self._answer("ready", timeout)
 
     def warm(self, max_calls: int, max_seconds: float) -> dict[str, Any]:
+        self.begin_warm(max_calls, max_seconds)
+        return self.end_warm()
+
+    def begin_warm(self, max_calls: int, max_seconds: float) -> None:
+        self._warm_timeout = 60.0 + 3 * max_seconds
         self._send(f"warm {json.dumps([max_calls, max_seconds])}")
-        return self._answer("warm", 60.0 + 3 * max_seconds)
+
+    def end_warm(self) -> dict[str, Any]:
+        return self._answer("warm", self._warm_timeout)
 
     def run(self, calls: int) -> float:
         self._send(f"run {calls}")
@@ -416,6 +460,30 @@ def close_pairs(pairs: Sequence[tuple[WorkerProcess, WorkerProcess]]) -> None:
                 w.close()
 
 
+class Waves:
+    """Wave ``i`` of process pairs for :func:`run_pairs`: the first is started on creation
+    (so start-up errors surface before any measuring); each later one closes the wave
+    before it first, so only one wave's workers are ever alive. The last stays alive until
+    :meth:`close` (the profile runs in one of its baseline workers)."""
+
+    def __init__(self, start: Callable[[], list[tuple[WorkerProcess, WorkerProcess]]]) -> None:
+        self._start = start
+        self.current = start()
+        self._fresh = True
+
+    def __call__(self, _index: int) -> list[tuple[WorkerProcess, WorkerProcess]]:
+        if not self._fresh:
+            close_pairs(self.current)
+            self.current = []
+            self.current = self._start()
+        self._fresh = False
+        return self.current
+
+    def close(self) -> None:
+        close_pairs(self.current)
+        self.current = []
+
+
 # -- one snapshot, end to end ------------------------------------------------------------
 
 
@@ -473,8 +541,9 @@ def compare_with_baseline(
     mapped_cwd = baseline.mapped(Path.cwd())
     cwd = mapped_cwd if mapped_cwd is not None and mapped_cwd.is_dir() else baseline.tree
     rng = random.Random()
-    try:
-        pairs = start_pairs(
+
+    def start_wave() -> list[tuple[WorkerProcess, WorkerProcess]]:
+        return start_pairs(
             base_job,
             cand_job,
             process_pairs=policy.process_pairs,
@@ -482,6 +551,9 @@ def compare_with_baseline(
             baseline_cwd=cwd,
             rng=rng,
         )
+
+    try:
+        waves = Waves(start_wave)
     except PairedError as exc:
         if exc.kind == "target":
             return PairedOutcome(None, None, new_at_rev=f"new at {at}: {exc}")
@@ -494,17 +566,17 @@ def compare_with_baseline(
             ) from None
         raise PairedError(f"baseline comparison failed: {exc}", exc.kind) from None
     try:
-        run = run_pairs(pairs, policy, rng=rng, on_look=on_look)
+        run = run_pairs(waves, policy, rng=rng, on_look=on_look)
         verdict = verdict_of(run, policy, rev=baseline.rev, sha=baseline.sha)
         base_profile = None
         if profile_settings is not None:
             base_median = _median([x for side in run.baseline for x in side])
-            base_profile = pairs[0][0].profile({**profile_settings, "median": base_median})
+            base_profile = waves.current[0][0].profile({**profile_settings, "median": base_median})
             base_profile["median"] = base_median
     except PairedError as exc:
         raise PairedError(f"baseline comparison failed: {exc}", exc.kind) from None
     finally:
-        close_pairs(pairs)
+        waves.close()
     return PairedOutcome(verdict, run, profile=base_profile)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .paired import PairedError, PairedPolicy, compare_with_baseline
+from .paired import DEFAULT_PAIRED_BUDGET, PairedError, PairedPolicy, compare_with_baseline
 from .pairstats import PooledLogRatio
 from .rounds import RoundPolicy, RoundsResult
 from .session import ItemOutcome, ReplayFailure, ReplaySession
@@ -50,16 +50,17 @@ def time_paired(
         )
     paired_policy = PairedPolicy(
         process_pairs=cfg.processes if cfg.processes > 1 else PairedPolicy.process_pairs,
-        max_time=policy.max_time,
+        max_time=policy.max_time if cfg.max_time_explicit else DEFAULT_PAIRED_BUDGET,
         max_letters=policy.max_rounds,
         confidence=policy.confidence,
         min_effect=cfg.min_effect,
     )
 
-    def on_look(blocks: int, pooled: PooledLogRatio, elapsed: float) -> None:
+    def on_look(process_pairs: int, pooled: PooledLogRatio, elapsed: float) -> None:
         if write is not None and elapsed >= 3.0:
             write(
-                f"perfreplay {target}: paired vs {baseline.rev}, {pooled.pairs} pairs, "
+                f"perfreplay {target}: paired vs {baseline.rev}, {process_pairs} process pairs, "
+                f"{pooled.pairs} pairs, "
                 f"{pooled.ratio:.3f}x [{pooled.ratio_low:.3f}-{pooled.ratio_high:.3f}] "
                 f"after {elapsed:.0f} s"
             )

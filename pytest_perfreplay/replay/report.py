@@ -29,13 +29,17 @@ def header_line(state: ReplaySession, count: int) -> str:
             f"per call under valgrind in {max(3, cfg.processes)} processes, gc={cfg.gc}"
         )
     where = "this process" if cfg.processes == 1 else f"{cfg.processes}+ worker processes"
+    budget = cfg.max_time
     if cfg.baseline:
-        pairs = cfg.processes if cfg.processes > 1 else "4"
-        where = f"{pairs} process pairs, paired against {cfg.baseline}"
+        from .paired import DEFAULT_PAIRED_BUDGET, DEFAULT_PROCESS_PAIRS
+
+        wave = cfg.processes if cfg.processes > 1 else DEFAULT_PROCESS_PAIRS
+        where = f"process pairs, {wave} at a time, paired against {cfg.baseline}"
+        budget = cfg.max_time if cfg.max_time_explicit else DEFAULT_PAIRED_BUDGET
     return (
         f"perfreplay: store {state.store.root}, {count} snapshot(s), target "
         f"±{cfg.precision:.2%} of the {cfg.estimator} at {cfg.confidence:.0%} confidence, "
-        f"budget {cfg.max_time:g} s per snapshot in {where}, gc={cfg.gc}"
+        f"budget {budget:g} s per snapshot in {where}, gc={cfg.gc}"
     ) + (
         ""
         if count

@@ -404,6 +404,7 @@ def serve(job: WorkerJob, commands: IO[str], out: IO[str]) -> None:
                 series: list[float] = []
                 settled: int | None = None
                 start = time.perf_counter()
+                cpu_start = time.process_time()
                 with replayer.timing():
                     while len(series) < max_calls and time.perf_counter() - start < max_seconds:
                         series.append(replayer.measure())
@@ -412,6 +413,9 @@ def serve(job: WorkerJob, commands: IO[str], out: IO[str]) -> None:
                         elif len(series) >= settled + WARMUP_WINDOW:
                             break
                 wall = (time.perf_counter() - start) / max(len(series), 1)
+                # CPU per call: the parent warms a wave's workers at once, so wall times
+                # then include waiting for a core.
+                cpu = (time.process_time() - cpu_start) / max(len(series), 1)
                 tail = series[settled or 0 :] or series
                 reply(
                     "warm",
@@ -420,6 +424,7 @@ def serve(job: WorkerJob, commands: IO[str], out: IO[str]) -> None:
                         "settled": settled is not None,
                         "median": statistics.median(tail),
                         "wall": wall,
+                        "cpu": cpu,
                     },
                 )
             elif command == "run":
