@@ -324,6 +324,7 @@ class Cell:
     pb_saved: bool = False
     pyperf_last: Path | None = None
     counter: int = 0
+    slow: float = 0.0  # the working tree's slowdown in the current session
 
     @property
     def store(self) -> Path:
@@ -362,6 +363,20 @@ class Cell:
             raise _fail("paired session", proc)
         (bench,) = json.loads(out.read_text())["benchmarks"]
         v = bench["extra_info"]["paired"]
+        # One line per trial: the rates in the table come from these.
+        keep = ("ratio", "low", "high", "significant", "process_pairs", "pairs", "stop_reason")
+        print(
+            "paired trial",
+            json.dumps(
+                {
+                    **{k: v.get(k) for k in keep},
+                    "wall": round(wall, 1),
+                    "slow": self.slow,
+                    "condition": self.condition,
+                }
+            ),
+            flush=True,
+        )
         return Verdict(bool(v["significant"]), str(v["direction"]), wall)
 
     def pb(self) -> Verdict | None:
@@ -411,6 +426,7 @@ def step(cell: Cell, arms: list[str], tallies: dict[str, Tally], slow: float, tr
     """One session of every arm with the working tree at ``slow``; ``trial`` says what the
     comparison with the previous session is: "aa", "power", or "none" (a reset session)."""
     set_slow(cell.root, slow)
+    cell.slow = slow
     results: dict[str, Verdict | None] = {}
     if "cross" in arms or "cross-nomove" in arms:
         results["cross"], results["cross-nomove"] = cell.cross()

@@ -13,9 +13,9 @@ from pytest_perfreplay.replay.paired import (
     STOP_EQUIVALENT,
     STOP_SIGNIFICANT,
     STOP_TIME,
+    WAVE_BLOCKS,
     PairedPolicy,
     PairedVerdict,
-    WAVE_BLOCKS,
     run_pairs,
     verdict_of,
 )
