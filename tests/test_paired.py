@@ -214,6 +214,34 @@ def test_identical_code_shows_no_significant_change(pytester: pytest.Pytester) -
     assert 0.5 < paired["ratio"] < 2, paired  # a sanity bound; the call is what matters
 
 
+def test_both_sides_read_their_bytecode_from_one_cache(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A working tree with a __pycache__ against a fresh baseline tree without one: both
+    sides' modules are compiled once into the shared cache and read from there, so neither
+    side runs code compiled from source while the other runs unmarshalled code."""
+    cache = pytester.path / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    make_repo(pytester.path, shop())
+    pytester.makeini("[pytest]\npythonpath = .\n")
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run(
+        [sys.executable, "-c", "import shop.work"], cwd=pytester.path, env=env, check=True
+    )
+    (stale,) = (pytester.path / "shop" / "__pycache__").glob("work.*.pyc")
+    stamp = stale.stat().st_mtime_ns
+    result = run(pytester, "--perf-replay-baseline=HEAD", "--perf-replay-min-effect=3")
+    result.assert_outcomes(passed=1)
+    sha = git(pytester.path, "rev-parse", "HEAD")
+    prefix = cache / "perfreplay" / "pycache"
+    for tree in (pytester.path, pytester.path / ".perfreplay" / "baselines" / sha):
+        # PYTHONPYCACHEPREFIX mirrors the source's absolute folder, without __pycache__.
+        mirrored = prefix / tree.resolve().relative_to("/") / "shop"
+        assert list(mirrored.glob("work.*.pyc")), f"no cached bytecode for {tree}"
+    assert stale.stat().st_mtime_ns == stamp  # the tree's own __pycache__ is left alone
+
+
 def test_a_speedup_reads_faster(pytester: pytest.Pytester) -> None:
     flat_repo(pytester, shop(WORK_2X), shop())
     result = run(pytester, "--perf-replay-baseline=HEAD~1", "--perf-replay-fail-slower=1")
