@@ -8,11 +8,9 @@ ABBA or BAAB blocks; only one worker runs at any moment. Each block yields two a
 (baseline, candidate) pairs, and the statistic is taken on their log ratios
 (:mod:`.pairstats`): Hodges-Lehmann within each process pair, a random effect between them.
 
-Why waves of short-lived pairs: each process pair carries an offset of its own, about 1%
-of a 10 ms pure-Python call on this project's 2-core test machine, that outlasts any
-number of rounds; same hash seeds, ASLR off and pinning both sides to one CPU each left it
-in place. Only more pairs average it out, and four long-lived ones could not tell a 2%
-slowdown from none.
+Why waves of short-lived pairs: each process pair carries an offset of its own that
+outlasts any number of rounds; same hash seeds, ASLR off and pinning both sides to one CPU
+each left it in place in exploratory runs. Only more pairs average it out.
 
 The stopping rule aims at the decision: after every wave from the second on it stops once
 the interval of the ratio clears the minimum-effect band (a change) or sits inside it (no
@@ -157,7 +155,6 @@ class PairedRun:
     elapsed: float
     looks: int
     waves: int = 0
-    measured: float = 0.0  # seconds spent in letters
     warm: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
 
 
@@ -174,8 +171,8 @@ def run_pairs(
     ``waves(i)`` gives wave ``i``'s process pairs, started and ready (a fixed sequence is
     reused for every wave). Each worker is warmed, then every pair takes
     :data:`WAVE_BLOCKS` ABBA/BAAB blocks, pairs in a shuffled order per block. A process
-    pair carries an offset of its own (memory layout, hash seed: about 1% per pair here,
-    and no setting of ASLR, seeds or CPU pinning removed it), which only more pairs average
+    pair carries an offset of its own (memory layout, hash seed; no setting of ASLR, seeds
+    or CPU pinning removed it), which only more pairs average
     out; so the comparison takes many short-lived pairs rather than long runs of a few.
 
     The stopping rule looks after every wave from :data:`MIN_WAVES` on. ``policy.max_time``
@@ -193,7 +190,6 @@ def run_pairs(
     looks = 0
     letters = 0
     wave = 0
-    measured = 0.0
     stop = STOP_TIME
     pooled: PooledLogRatio | None = None
     budget_start: float | None = None
@@ -216,7 +212,6 @@ def run_pairs(
             logs.append([])
             base_letters.append([])
             cand_letters.append([])
-        letters_start = clock()
         for _block in range(WAVE_BLOCKS):
             order = list(range(len(pairs)))
             rng.shuffle(order)
@@ -235,7 +230,6 @@ def run_pairs(
                 base_letters[first + j].extend(a)
                 cand_letters[first + j].extend(b)
                 letters += 4
-        measured += clock() - letters_start
         wave += 1
         if wave >= MIN_WAVES:
             looks += 1
@@ -267,7 +261,6 @@ def run_pairs(
         elapsed=clock() - start,
         looks=looks,
         waves=wave,
-        measured=measured,
         warm=warm,
     )
 
@@ -280,6 +273,7 @@ def _warm(
     sides = [side for pair in pairs for side in pair]
     if all(hasattr(side, "begin_warm") for side in sides):
         for side in sides:
+            # A wave's workers share the cores: give each more time than it would need alone.
             side.begin_warm(max_calls, max_seconds * 4)  # type: ignore[attr-defined]
         done = [side.end_warm() for side in sides]  # type: ignore[attr-defined]
         return [(done[2 * i], done[2 * i + 1]) for i in range(len(pairs))]
@@ -488,7 +482,7 @@ class Waves:
     def __call__(self, _index: int) -> list[tuple[WorkerProcess, WorkerProcess]]:
         if not self._fresh:
             close_pairs(self.current)
-            self.current = []
+            self.current = []  # if the start fails, close() must not close these twice
             self.current = self._start()
         self._fresh = False
         return self.current
