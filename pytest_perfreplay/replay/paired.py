@@ -56,10 +56,19 @@ MIN_WAVES = 2
 PACE_WAVES = 6
 #: Share of the budget the measured letters aim to fill (the rest: start-up, warm-up).
 PACE_SHARE = 0.4
+#: With the default budget, waves run before time may end a comparison (20 process pairs):
+#: a 100 ms call fills 20 s with 2 waves, too few pairs to see a 2% change.
+FLOOR_WAVES = 5
+#: ... but never past this many times the default budget (a call of seconds).
+FLOOR_CAP = 3.0
 STOP_SIGNIFICANT = "decided: the interval clears the minimum-effect band"
 STOP_EQUIVALENT = "decided: the interval sits inside the minimum-effect band"
 STOP_TIME = "budget spent (time) before a decision"
 STOP_ROUNDS = "budget spent (round cap) before a decision"
+STOP_TIME_FLOOR = (
+    f"budget spent (time, run past the default budget to {FLOOR_WAVES} waves for a long call) "
+    "before a decision"
+)
 
 
 class PairedError(PerfReplayError):
@@ -131,6 +140,8 @@ class PairedPolicy:
     confidence: float = 0.95
     min_effect: float = 1.0  # percent
     max_warmup_calls: int = 50
+    floor_waves: int = 0  # waves before the time budget applies (default budget only)
+    hard_cap: float = math.inf  # wall seconds no floor may pass
 
 
 class Side(Protocol):
@@ -155,6 +166,7 @@ class PairedRun:
     elapsed: float
     looks: int
     waves: int = 0
+    budget_extended: bool = False  # the floor of waves ran past ``max_time``
     warm: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
 
 
@@ -177,7 +189,12 @@ def run_pairs(
 
     The stopping rule looks after every wave from :data:`MIN_WAVES` on. ``policy.max_time``
     bounds the wall time from the end of the first wave's start-up: later waves' start-up
-    and warm-up count, as a user waits for them too.
+    and warm-up count, as a user waits for them too. Time stops nothing before
+    ``policy.floor_waves`` waves unless ``policy.hard_cap`` would be passed.
+
+    Later waves warm up for as many calls as the first wave's workers needed to settle
+    (plus one): the code's warm-up is the same in every process, and the confirmation
+    window the first wave waits through would cost a 100 ms call seconds per wave.
     """
     rng = rng or random.Random()
     start_wave = waves if callable(waves) else (lambda _i, fixed=waves: fixed)
@@ -193,12 +210,16 @@ def run_pairs(
     stop = STOP_TIME
     pooled: PooledLogRatio | None = None
     budget_start: float | None = None
+    warm_calls = policy.max_warmup_calls
+    extended = False
     while True:
         pairs = start_wave(wave)
         if budget_start is None:
             budget_start = clock()
-        warmed = _warm(pairs, policy.max_warmup_calls, policy.max_time / 20)
+        warmed = _warm(pairs, warm_calls, policy.max_time / 20)
         warm += warmed
+        if wave == 0:
+            warm_calls = _later_warmup(warmed, policy.max_warmup_calls)
         if not calls:
             # Letters sized so PACE_WAVES waves fill PACE_SHARE of the budget; at least one
             # call, and a letter's median absorbs one scheduling hiccup when it has several.
@@ -244,9 +265,12 @@ def run_pairs(
                 stop = STOP_EQUIVALENT
                 break
             spent = clock() - budget_start
-            if spent + spent / wave > policy.max_time:
-                stop = STOP_TIME
-                break
+            ahead = spent + spent / wave
+            if ahead > policy.max_time:
+                if wave >= policy.floor_waves or ahead > policy.hard_cap:
+                    stop = STOP_TIME_FLOOR if extended else STOP_TIME
+                    break
+                extended = True
             if letters + 4 * WAVE_BLOCKS * len(pairs) > policy.max_letters:
                 stop = STOP_ROUNDS
                 break
@@ -261,8 +285,18 @@ def run_pairs(
         elapsed=clock() - start,
         looks=looks,
         waves=wave,
+        budget_extended=extended,
         warm=warm,
     )
+
+
+def _later_warmup(warmed: list[tuple[dict[str, Any], dict[str, Any]]], max_calls: int) -> int:
+    """Warm-up calls for the waves after the first: where its slowest worker settled, plus
+    one (at least 2); the full allowance when a worker never settled or did not say."""
+    points = [side.get("settled_at") for pair in warmed for side in pair]
+    if any(not isinstance(p, int) for p in points):
+        return max_calls
+    return min(max_calls, max(2, max(p for p in points if isinstance(p, int)) + 1))
 
 
 def _warm(

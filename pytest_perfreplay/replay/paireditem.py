@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict
@@ -14,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from .paired import DEFAULT_PAIRED_BUDGET, PairedError, PairedPolicy, compare_with_baseline
+from .paired import (
+    DEFAULT_PAIRED_BUDGET,
+    FLOOR_CAP,
+    FLOOR_WAVES,
+    PairedError,
+    PairedPolicy,
+    compare_with_baseline,
+)
 from .pairstats import PooledLogRatio
 from .rounds import RoundPolicy, RoundsResult
 from .session import ItemOutcome, ReplayFailure, ReplaySession
@@ -51,6 +59,10 @@ def time_paired(
     paired_policy = PairedPolicy(
         process_pairs=cfg.processes if cfg.processes > 1 else PairedPolicy.process_pairs,
         max_time=policy.max_time if cfg.max_time_explicit else DEFAULT_PAIRED_BUDGET,
+        # The default budget gives a long call at least FLOOR_WAVES waves; a budget the
+        # user set is kept as given.
+        floor_waves=0 if cfg.max_time_explicit else FLOOR_WAVES,
+        hard_cap=math.inf if cfg.max_time_explicit else FLOOR_CAP * DEFAULT_PAIRED_BUDGET,
         max_letters=policy.max_rounds,
         confidence=policy.confidence,
         min_effect=cfg.min_effect,

@@ -30,16 +30,22 @@ def header_line(state: ReplaySession, count: int) -> str:
         )
     where = "this process" if cfg.processes == 1 else f"{cfg.processes}+ worker processes"
     budget = cfg.max_time
+    extra = ""
     if cfg.baseline:
-        from .paired import DEFAULT_PAIRED_BUDGET, DEFAULT_PROCESS_PAIRS
+        from .paired import DEFAULT_PAIRED_BUDGET, DEFAULT_PROCESS_PAIRS, FLOOR_CAP, FLOOR_WAVES
 
         wave = cfg.processes if cfg.processes > 1 else DEFAULT_PROCESS_PAIRS
         where = f"process pairs, {wave} at a time, paired against {cfg.baseline}"
         budget = cfg.max_time if cfg.max_time_explicit else DEFAULT_PAIRED_BUDGET
+        if not cfg.max_time_explicit:
+            extra = (
+                f" (a long call gets at least {FLOOR_WAVES} waves, up to "
+                f"{FLOOR_CAP * DEFAULT_PAIRED_BUDGET:g} s)"
+            )
     return (
         f"perfreplay: store {state.store.root}, {count} snapshot(s), target "
         f"±{cfg.precision:.2%} of the {cfg.estimator} at {cfg.confidence:.0%} confidence, "
-        f"budget {budget:g} s per snapshot in {where}, gc={cfg.gc}"
+        f"budget {budget:g} s per snapshot{extra} in {where}, gc={cfg.gc}"
     ) + (
         ""
         if count
