@@ -122,11 +122,8 @@ class FakeSide:
         self.clock, self.seconds, self.rng, self.noise = clock, seconds, rng, noise
         self.offset = offset  # this process's own, lasting log offset (layout, hash seed)
         self.runs = 0
-        self.settled_at: int | None = None  # reported when set, as real workers do
-        self.warm_asked: list[int] = []
 
     def warm(self, max_calls: int, max_seconds: float) -> dict[str, float | bool | int]:
-        self.warm_asked.append(max_calls)
         self.clock[0] += 0.1
         got: dict[str, float | bool | int] = {
             "calls": 10,
@@ -134,8 +131,6 @@ class FakeSide:
             "median": self.seconds,
             "wall": self.seconds,
         }
-        if self.settled_at is not None:
-            got["settled_at"] = self.settled_at
         return got
 
     def run(self, calls: int) -> float:
@@ -219,32 +214,6 @@ def test_default_budget_gives_a_long_call_its_floor_of_waves() -> None:
         run = run_pairs(pairs, plain, rng=random.Random(seed), clock=lambda c=clock: c[0])
         assert run.waves == MIN_WAVES and not run.budget_extended
     assert extended >= 7  # noise this wide rarely decides within five waves
-
-
-def test_later_waves_warm_up_as_long_as_the_first_needed() -> None:
-    def waves(settled_at: int | None) -> list[list[tuple[FakeSide, FakeSide]]]:
-        clock = [0.0]
-        rng = random.Random(3)
-        made: list[list[tuple[FakeSide, FakeSide]]] = []
-
-        def wave(_i: int) -> list[tuple[FakeSide, FakeSide]]:
-            pairs = [(FakeSide(clock, 0.01, rng), FakeSide(clock, 0.01, rng)) for _ in range(2)]
-            for side in (s for pair in pairs for s in pair):
-                side.settled_at = settled_at
-            made.append(pairs)
-            return pairs
-
-        policy = PairedPolicy(process_pairs=2, max_time=0.3, max_warmup_calls=50)
-        run_pairs(wave, policy, rng=random.Random(3), clock=lambda: clock[0])
-        return made
-
-    made = waves(settled_at=3)
-    assert len(made) >= 2
-    assert {s.warm_asked[0] for s in made[0][0]} == {50}  # the first wave: full allowance
-    assert {s.warm_asked[0] for w in made[1:] for p in w for s in p} == {4}
-    # A worker that never says where it settled keeps the full allowance for every wave.
-    made = waves(settled_at=None)
-    assert {s.warm_asked[0] for w in made for p in w for s in p} == {50}
 
 
 def _process_waves(

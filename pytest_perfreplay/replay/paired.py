@@ -191,10 +191,6 @@ def run_pairs(
     bounds the wall time from the end of the first wave's start-up: later waves' start-up
     and warm-up count, as a user waits for them too. Time stops nothing before
     ``policy.floor_waves`` waves unless ``policy.hard_cap`` would be passed.
-
-    Later waves warm up for as many calls as the first wave's workers needed to settle
-    (plus one): the code's warm-up is the same in every process, and the confirmation
-    window the first wave waits through would cost a 100 ms call seconds per wave.
     """
     rng = rng or random.Random()
     start_wave = waves if callable(waves) else (lambda _i, fixed=waves: fixed)
@@ -210,16 +206,13 @@ def run_pairs(
     stop = STOP_TIME
     pooled: PooledLogRatio | None = None
     budget_start: float | None = None
-    warm_calls = policy.max_warmup_calls
     extended = False
     while True:
         pairs = start_wave(wave)
         if budget_start is None:
             budget_start = clock()
-        warmed = _warm(pairs, warm_calls, policy.max_time / 20)
+        warmed = _warm(pairs, policy.max_warmup_calls, policy.max_time / 20)
         warm += warmed
-        if wave == 0:
-            warm_calls = _later_warmup(warmed, policy.max_warmup_calls)
         if not calls:
             # Letters sized so PACE_WAVES waves fill PACE_SHARE of the budget; at least one
             # call, and a letter's median absorbs one scheduling hiccup when it has several.
@@ -288,15 +281,6 @@ def run_pairs(
         budget_extended=extended,
         warm=warm,
     )
-
-
-def _later_warmup(warmed: list[tuple[dict[str, Any], dict[str, Any]]], max_calls: int) -> int:
-    """Warm-up calls for the waves after the first: where its slowest worker settled, plus
-    one (at least 2); the full allowance when a worker never settled or did not say."""
-    points = [side.get("settled_at") for pair in warmed for side in pair]
-    if any(not isinstance(p, int) for p in points):
-        return max_calls
-    return min(max_calls, max(2, max(p for p in points if isinstance(p, int)) + 1))
 
 
 def _warm(

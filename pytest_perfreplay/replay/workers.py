@@ -422,7 +422,6 @@ def serve(job: WorkerJob, commands: IO[str], out: IO[str]) -> None:
                     {
                         "calls": len(series),
                         "settled": settled is not None,
-                        "settled_at": settled,
                         "median": statistics.median(tail),
                         "wall": wall,
                         "cpu": cpu,
