@@ -166,7 +166,6 @@ class PairedRun:
     elapsed: float
     looks: int
     waves: int = 0
-    budget_extended: bool = False  # the floor of waves ran past ``max_time``
     warm: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
 
 
@@ -278,7 +277,6 @@ def run_pairs(
         elapsed=clock() - start,
         looks=looks,
         waves=wave,
-        budget_extended=extended,
         warm=warm,
     )
 
