@@ -180,7 +180,6 @@ class Counter:
             calls=p.calls,
             valgrind=self.vg,
             method=self.method or p.method,
-            probe_first=False,  # as the plugin does when the estimate is well inside budget
         )
 
 

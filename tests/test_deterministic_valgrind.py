@@ -141,11 +141,14 @@ def test_instructions_are_counted_reported_kept_and_compared(
     assert profile["profiles"][0]["unit"] == "none"
     per_call = sum(profile["profiles"][0]["weights"]) / entry.profile_calls
     # The profile brackets the same calls as the count, in the same heap state: its
-    # flame graph holds the calls plus the toggles' few instructions ...
-    assert per_call == pytest.approx(entry.estimate, rel=0.005)
-    # ... and its printed figure, less the no-op bracket, is the count's.
+    # flame graph holds the calls plus the toggles (two ctypes calls, ~7,000 instructions
+    # each: 0.5-0.6% of this small call) ...
+    assert per_call == pytest.approx(entry.estimate, rel=0.01)
+    # ... and its printed figure, less the no-op bracket, is the count's to 0.2% (one
+    # forked process with instrumentation on from the start, against the count's three
+    # switched on by a client request: 0.13% apart on this loop).
     (printed,) = re.findall(r"callgrind: \d+ calls, ([\d,]+) instructions per call", out)
-    assert int(printed.replace(",", "")) == pytest.approx(entry.estimate, rel=1e-4)
+    assert int(printed.replace(",", "")) == pytest.approx(entry.estimate, rel=2e-3)
 
     # The loop at work: the code now does the loop twice.
     (pytester.path / "svc.py").write_text(SERVICE.replace("ROUNDS = 1", "ROUNDS = 2"))
@@ -303,8 +306,9 @@ def test_a_count_estimated_too_long_is_refused_with_the_figure(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*counting this snapshot would take about * s (3 processes x * of * warm-up + * "
-            "counted calls of * ms, about *x under valgrind), over the 1 s budget: raise "
+            "*counting this snapshot would take about * s (3 processes forked after * warm-up "
+            "calls, * counted calls each of * ms, about *x under valgrind), over the 1 s "
+            "budget: raise "
             "--perf-replay-max-time (e.g. *), or count instructions rather than cycles*",
         ]
     )
@@ -329,7 +333,6 @@ def test_bracketed_and_differenced_counts_agree(
         import_roots=[str(pytester.path)],
         processes=3,
         warmup=10,
-        probe_first=False,
     )
     # No collections inside or between the calls: the difference method would count the
     # collections' own cost difference (what the calls left behind), the bracket does not.
@@ -368,15 +371,52 @@ def test_bracketed_counting_outside_callgrind_fails_with_a_reason(
         1,
         "collect",
         method="bracket",
+        manifest=str(pytester.path / "children.json"),
     )
     (pytester.path / "job.json").write_text(job.to_json())
     proc = subprocess.run(
         [sys.executable, "-m", "pytest_perfreplay.replay.counting", "job.json"],
         cwd=pytester.path,
-        env=counting_env(0, job.import_roots),
+        env=counting_env(job.import_roots),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 1
     assert "must run under valgrind --tool=callgrind" in proc.stderr
+
+
+@pytest.mark.valgrind
+def test_a_count_over_its_timeout_is_killed_with_every_forked_process(
+    pytester: pytest.Pytester, real_valgrind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counted processes are forked children of the valgrind process: a timeout must
+    take them too, or they would go on counting (and burning a core) after the error."""
+    import tempfile
+    import time
+
+    from pytest_perfreplay.replay.valgrind import CountError, count_calls
+
+    capture_traffic(pytester)
+    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("svc-napper*/*.prsnap")
+    scratch = pytester.path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    started = time.monotonic()
+    with pytest.raises(CountError, match=r"ran over 8 s and was killed; raise --perf-replay-max"):
+        # 1000 calls of a 30 ms nap per process: minutes, far over the timeout
+        count_calls(
+            path,
+            "svc:napper",
+            store=pytester.path / ".perfreplay",
+            import_roots=[str(pytester.path)],
+            warmup=1,
+            calls=1000,
+            timeout=8,
+        )
+    assert time.monotonic() - started < 60
+    left = subprocess.run(
+        ["pgrep", "-f", str(scratch)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert left == [], f"counting processes left running: {left}"

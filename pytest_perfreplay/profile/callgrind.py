@@ -324,6 +324,7 @@ def profile_instructions(
     """
     import json
     import tempfile
+    from dataclasses import replace
 
     from ..replay.valgrind import (
         CountJob,
@@ -347,14 +348,16 @@ def profile_instructions(
         calls=calls,
         gc=gc,
         marker=True,
+        children=1,
         method="bracket" if bracket_available() else "difference",
         pycache=bytecode_cache(),  # set up as the count's processes are: same heap state
     )
     with tempfile.TemporaryDirectory(prefix="perfreplay-callgrind-") as tmp:
+        job = replace(job, manifest=str(Path(tmp) / "children.json"))
         prewarm(job, pycache=job.pycache, workdir=Path(tmp), timeout=timeout)
         raw = Path(tmp) / "callgrind.out"
         args = callgrind_args(raw, bracket=job.method == "bracket")
-        run_under(valgrind, args, job, pad=0, workdir=Path(tmp), timeout=timeout)
+        run_under(valgrind, args, job, workdir=Path(tmp), timeout=timeout, name="profile")
         graph = parse_callgrind(first_dump(raw).read_text(errors="replace"))
         noop = raw.with_name(raw.name + ".2")  # bracketed: the no-op loop, the overhead
         overhead = parse_cachegrind(noop).get("Ir", 0) if noop.exists() else 0

@@ -1,20 +1,29 @@
 """The counting process: what runs under valgrind (``python -m ...counting JOB.json``).
 
-It loads and verifies the snapshot, makes the warm-up calls, then unpickles ``calls`` fresh
-argument sets and calls the target on each. The reference run does everything the same
-except the counted calls themselves, so the parent's difference is the calls alone.
+It loads and verifies the snapshot and makes the warm-up calls, once. Then it forks the
+counted processes (``children`` of them): interpreter start-up, imports, unpickling the
+snapshot and warm-up are paid once per side, not once per process, and every child starts
+from the same warmed-up state. Each child adds a heap pad of its own (a few more small
+objects of every pymalloc size class), so the children differ in heap state, and the
+spread over them shows how much the count depends on it. valgrind follows forks itself:
+each child writes its own output file (``%p`` in the file name) when it exits.
 
-With ``marker`` set (the callgrind profile) and the difference method, the counted calls
-are bracketed by two libc calls that valgrind's ``--zero-before``/``--dump-before`` options
-watch for; the arguments are unpickled before the bracket so the profile holds only the
-calls. With the bracket method the profile brackets each call exactly as the count does.
+* ``method == "bracket"`` (callgrind, instrumentation off from the start): start-up and
+  warm-up run at valgrind's uninstrumented speed. Each child switches instrumentation on,
+  collects only between a client-request toggle before and after each counted call
+  (:mod:`.clientreq`), and dumps twice: the calls, then the same loop around a no-op (what
+  the toggles and the call wrapper cost), which the parent subtracts.
+* ``method == "difference"`` (cachegrind): a child's totals include everything its parent
+  ran before the fork. So each child index forks three processes back to back:
+  reference, counted, reference. All three unpickle the same ``calls`` fresh argument sets
+  and apply the same GC policy; only the counted one makes the calls. The per-call count
+  is counted minus the mean of the two references, divided by ``calls``: what the parent
+  ran between two forks (a constant, once its fork loop is warmed up) cancels too.
 
-With ``method == "bracket"`` the process runs under callgrind with instrumentation off:
-start-up, imports, unpickling and warm-up run at valgrind's uninstrumented speed, then
-client requests (:mod:`.clientreq`) switch instrumentation on and collect only between a
-toggle before and after each counted call. Two dumps follow: the calls, then the same
-loop around a no-op callable (what the toggles and the call wrapper cost), which the
-parent subtracts. One process gives the per-call count; no reference run is needed.
+Children wait on a pipe until the last fork is done, so no child's exit lands between two
+forks. With ``marker`` set (the callgrind profile) one child is forked, as the count's
+first: it brackets its calls exactly as a counted child does (or, without client
+requests, between two libc calls that ``--zero-before``/``--dump-before`` watch for).
 """
 
 from __future__ import annotations
@@ -34,8 +43,8 @@ from typing import Any
 #: that neither the interpreter nor a typical target makes.
 ZERO_MARKER = "getpgrp"
 DUMP_MARKER = "getppid"
-#: Set by the parent, longer by 512 bytes per process index (see valgrind.counting_env).
-_ENV_PAD = "PERFREPLAY_LAYOUT_PAD"
+
+Loader = Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]
 
 
 def _caller(func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], None]:
@@ -74,55 +83,172 @@ def run(job: dict[str, Any]) -> None:
     )
     call = _caller(resolve_target(job["target"]))
     policy = job["gc"]
-    _heap = _heap_pad(len(os.environ.get(_ENV_PAD, "")) // 512)  # alive until the end
 
-    def one(args: tuple[Any, ...], kwargs: dict[str, Any], counted: bool) -> None:
-        if policy == "collect":
-            gc.collect()
-        if counted:
-            if policy == "disable":
-                gc.disable()
-            call(args, kwargs)
-            if policy == "disable":
-                gc.enable()
+    def load() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return snapshot.load_call({})
 
     for _ in range(job["warmup"]):
-        args, kwargs = snapshot.load_call({})
-        one(args, kwargs, True)
-
+        _one(call, policy, *load(), counted=True)
     n = job["calls"]
-    if job.get("prewarm"):
-        return
     bracket = job.get("method") == "bracket"
-    marker = bool(job.get("marker"))
-    if bracket:
-        if policy == "collect":
-            gc.freeze()  # as in timed rounds: collections scan what the calls made, not this
-
-        def load() -> tuple[tuple[Any, ...], dict[str, Any]]:
-            return snapshot.load_call({})
-
-        if marker:
-            _profiled(call, policy, load, n)
-        else:
-            _bracketed(call, policy, load, n, cache_warm=bool(job.get("cache_warm")))
+    if job.get("prewarm"):
+        if bracket:
+            from . import clientreq  # noqa: F401 - its bytecode too, for the children
         return
-    if marker:
-        prepared = [snapshot.load_call({}) for _ in range(n)]
-        if policy == "collect":
-            gc.freeze()  # as in timed rounds: collections scan what the calls made, not this
-        os.getpgrp()  # ZERO_MARKER
-        for args, kwargs in prepared:
-            one(args, kwargs, True)
-        os.getppid()  # DUMP_MARKER
-        return
-    # N fresh argument sets in both runs; only the counted run makes the calls.
     if policy == "collect":
-        gc.freeze()  # as in timed rounds: collections scan what the rounds made
-    counted = bool(job["counted"])
-    for _ in range(n):
-        args, kwargs = snapshot.load_call({})
-        one(args, kwargs, counted)
+        gc.freeze()  # as in timed rounds: collections scan what the calls made, not this
+    _fork_counts(
+        call,
+        policy,
+        load,
+        n,
+        children=int(job["children"]),
+        bracket=bracket,
+        profile=bool(job.get("marker")),
+        cache_warm=bool(job.get("cache_warm")),
+        manifest=Path(job["manifest"]),
+    )
+
+
+def _one(
+    call: Callable[[tuple[Any, ...], dict[str, Any]], None],
+    policy: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    counted: bool,
+) -> None:
+    if policy == "collect":
+        gc.collect()
+    if counted:
+        if policy == "disable":
+            gc.disable()
+        call(args, kwargs)
+        if policy == "disable":
+            gc.enable()
+
+
+def _profile_calls(
+    call: Callable[[tuple[Any, ...], dict[str, Any]], None],
+    policy: str,
+    load: Loader,
+    n: int,
+    *,
+    bracket: bool,
+) -> None:
+    # The heap was frozen before the fork, as for the counted processes: freezing again
+    # here would reset the collector's counters and move the collections' timing.
+    if bracket:
+        _profiled(call, policy, load, n)
+        return
+    prepared = [load() for _ in range(n)]
+    os.getpgrp()  # ZERO_MARKER
+    for args, kwargs in prepared:
+        _one(call, policy, args, kwargs, counted=True)
+    os.getppid()  # DUMP_MARKER
+
+
+#: Forks made and discarded before the counted ones, through the same loop: by then its
+#: code is quickened and specialized, so every later trip through it costs the same.
+SETTLE_FORKS = 10
+
+Role = tuple[int, str]  # (child index: its heap pad, "bracket" | "reference" | "counted")
+
+
+def _fork_counts(
+    call: Callable[[tuple[Any, ...], dict[str, Any]], None],
+    policy: str,
+    load: Loader,
+    n: int,
+    *,
+    children: int,
+    bracket: bool,
+    profile: bool,
+    cache_warm: bool,
+    manifest: Path,
+) -> None:
+    """Fork the counted processes, wait for them, and list them in ``manifest``. The
+    profile is one such process (index 0), so it sees the heap the count's first one does."""
+
+    def child(role: Role) -> None:
+        index, kind = role
+        gc.enable()
+        pad = _heap_pad(index)  # noqa: F841 - alive until the process ends
+        if kind == "profile":
+            _profile_calls(call, policy, load, n, bracket=bracket)
+            return
+        if kind == "bracket":
+            _bracketed(call, policy, load, n, cache_warm=cache_warm)
+            return
+        for _ in range(n):
+            _one(call, policy, *load(), counted=kind == "counted")
+
+    if profile:
+        roles: list[Role] = [(0, "profile")]
+    elif bracket:
+        roles = [(i, "bracket") for i in range(children)]
+    else:
+        roles = [
+            (i, kind) for i in range(children) for kind in ("reference", "counted", "reference")
+        ]
+    gc.disable()  # a collection between two forks would shift one child's count only
+    _wait(_spawn([(0, "settle")] * SETTLE_FORKS, None))
+    pids = _spawn(roles, child)
+    statuses = _wait(pids)
+    manifest.write_text(
+        json.dumps(
+            [
+                {"index": index, "kind": kind, "pid": pid, "status": status}
+                for (index, kind), pid, status in zip(roles, pids, statuses, strict=True)
+            ]
+        )
+    )
+    failed = [
+        f"process {index} ({kind}): exit {status}"
+        for (index, kind), status in zip(roles, statuses, strict=True)
+        if status
+    ]
+    if failed:
+        raise RuntimeError("a counted process failed: " + "; ".join(failed))
+
+
+def _spawn(roles: Sequence[Role], child: Callable[[Role], None] | None) -> list[int]:
+    """Fork one process per role, back to back; each waits until the last fork is done."""
+    read, write = os.pipe()
+    pids = [0] * len(roles)
+    for k in range(len(roles)):
+        pid = os.fork()
+        if pid == 0:
+            _child(read, write, child, roles[k])
+        pids[k] = pid
+    os.close(read)
+    os.close(write)  # the children's reads return: every fork is done
+    return pids
+
+
+def _child(read: int, write: int, child: Callable[[Role], None] | None, role: Role) -> None:
+    """A forked process's whole life; it never returns (no atexit, no buffered output)."""
+    code = 0
+    try:
+        os.close(write)
+        os.read(read, 1)
+        os.close(read)
+        if child is not None:
+            child(role)
+    except BaseException as exc:  # noqa: BLE001 - reported through the exit status
+        print(
+            f"perfreplay counting failed in process {role[0]}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait(pids: Sequence[int]) -> list[int]:
+    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
 
 
 def _heap_pad(index: int) -> list[bytes]:
@@ -135,9 +261,6 @@ def _heap_pad(index: int) -> list[bytes]:
 
 def _noop(*args: Any, **kwargs: Any) -> None:
     return None
-
-
-Loader = Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]
 
 
 def _region(

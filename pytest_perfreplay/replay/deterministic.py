@@ -368,23 +368,17 @@ def count_item(
     processes = max(3, cfg.processes)
     p = plan(plain.wall_median, plain.unpickle, processes=processes)
     budget = cfg.max_time if cfg.max_time_explicit else DEFAULT_BUDGET
-    jobs = max(1, min(4, _cpus()))
-    estimate = p.estimate(mode, jobs=jobs)
-    runs = "1 run" if p.method == "bracket" else "2 runs"
+    estimate = p.estimate(mode, jobs=_cpus())
     refusal = too_long(
         estimate,
         budget,
-        f"{processes} processes x {runs} of {p.warmup} warm-up + {p.calls} counted calls of "
-        f"{plain.wall_median * 1e3:.3g} ms, {slowdown_text(mode, p.method)} under valgrind",
+        f"{processes} processes forked after {p.warmup} warm-up calls, {p.calls} counted "
+        f"calls each of {plain.wall_median * 1e3:.3g} ms, {slowdown_text(mode, p.method)} "
+        "under valgrind",
         mode,
     )
     if refusal:
         raise ReplayFailure(refusal)
-
-    def check(estimate: float) -> None:
-        why = too_long(estimate, budget, "estimated from the first process counted here", mode)
-        if why:
-            raise CountError(why)
 
     count_options: dict[str, Any] = dict(
         store=state.store.root,
@@ -395,13 +389,9 @@ def count_item(
         calls=p.calls,
         gc=cfg.gc,
         confidence=cfg.confidence,
-        jobs=jobs,
         timeout=max(60.0, 2 * budget),
         valgrind=vg,
-        check_estimate=check,
         method=p.method,
-        # well inside the budget: start every process at once rather than probe one first
-        probe_first=estimate > budget / 3,
     )
     try:
         result = count_calls(snapshot.path, target, **count_options)

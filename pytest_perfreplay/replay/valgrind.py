@@ -10,22 +10,21 @@ instructions a call executes does not, once the process is made reproducible:
   about eight executions, and each quickening changes the count.
 
 valgrind counts a whole process, start-up included (hundreds of millions of instructions
-against ~20M for a 1 ms call). Two methods keep start-up out of the figure:
+against ~20M for a 1 ms call). One valgrind process per side starts the interpreter,
+loads the snapshot and makes the warm-up calls once, then forks the counted processes
+(:mod:`.counting`), which differ in heap state on purpose: the spread over them shows how
+much the count depends on it. Two methods keep start-up out of the figure:
 
-* ``bracket`` (x86-64 Linux): one callgrind process per layout, started with
-  instrumentation off, so start-up, imports and warm-up run uninstrumented (about 10x
-  native instead of 20-80x). Client requests (:mod:`.clientreq`) then switch it on and
-  collect only between a toggle before and after each counted call; a second dump of the
-  same loop around a no-op gives the toggles' own cost, which is subtracted. The counted
-  calls are exact, so a few suffice.
-* ``difference`` (elsewhere): each process is run twice in the same set-up under
-  cachegrind, once with ``N`` counted calls and once with none; the difference divided by
-  ``N`` is the per-call count. Both runs unpickle the same ``N`` fresh argument sets and
-  apply the same GC policy, so neither the unpickling nor the start-up is in the figure.
-
-Processes differ on purpose in the size of their environment (a padding variable), which
-shifts the stack and nothing else; the spread over processes therefore shows how much
-the count depends on memory layout, which a different machine or CI job would change.
+* ``bracket`` (x86-64 Linux, calls under :data:`BRACKET_MAX_CALL`): callgrind with
+  instrumentation off, so start-up and warm-up run at about 10x native. Client requests
+  (:mod:`.clientreq`) switch it on in each child and collect only between a toggle before
+  and after each counted call; a second dump of the same loop around a no-op gives the
+  toggles' own cost, which is subtracted.
+* ``difference`` (longer calls, or no client requests): cachegrind, about 17x native
+  instrumented against callgrind's 80-90x, so it wins once the counted calls outweigh
+  its dearer start-up and warm-up. Each child index forks a reference, a counted and a
+  second reference process; counted minus the references' mean, divided by the calls, is
+  the per-call count (what the parent ran before the forks cancels out).
 
 ``count_calls`` is the whole parent side; it knows nothing of pytest, so a paired runner
 can call it for a baseline tree (an extra import root) and for today's code alike.
@@ -40,12 +39,12 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -87,25 +86,26 @@ SLOWDOWN: Mapping[str, float] = {
 }
 #: Wall seconds of the counting process's start-up (interpreter, imports, snapshot) under
 #: valgrind on the development machine: instrumented (difference) and not (bracket).
-STARTUP: Mapping[str, float] = {"difference": 3.5, "bracket": 1.5}
+STARTUP: Mapping[str, float] = {"difference": 3.0, "bracket": 1.5}
+#: The native pre-run that fills the bytecode cache: interpreter start-up and imports.
+PREWARM_SECONDS = 0.3
 
-#: Counted calls are chosen so that they add up to at least this much native time. When
-#: whole processes are differenced, their run-to-run noise (a few hundred instructions)
-#: must be below 1e-5 of the counted work; bracketed calls carry no start-up noise, so a
-#: few calls average out what little the heap's state moves a call's count.
-COUNTED_NATIVE_SECONDS = 0.02
-BRACKET_COUNTED_NATIVE_SECONDS = 0.002
-#: Bracketed calls longer than this are counted once (each costs ~90x its native time).
-BRACKET_ONE_CALL_SECONDS = 0.05
+#: Counted calls add up to at least this much native time: the counts of forked processes
+#: carry no start-up noise, so a few calls average out what little the heap's state
+#: moves a call's count.
+COUNTED_NATIVE_SECONDS = 0.002
+#: Calls longer than this are counted once per process.
+ONE_CALL_SECONDS = 0.05
+#: Calls from this long on are counted by cachegrind differencing (see the module
+#: docstring): with 3 processes on 2 cores, callgrind's dearer instrumented calls cost
+#: more than cachegrind's dearer start-up and warm-up from about here on.
+BRACKET_MAX_CALL = 0.005
 #: Warm-up calls: enough for the outer code object to be quickened (about 8 executions on
 #: 3.11) when calls are short; at least two when they are long (their own loops quicken
 #: within the first call).
 WARMUP_NATIVE_SECONDS = 0.05
 MAX_WARMUP = 10
 MAX_CALLS = 10_000
-
-_ENV_PAD = "PERFREPLAY_LAYOUT_PAD"
-_PAD_STEP = 512  # bytes of environment added per process index
 
 
 class CountError(PerfReplayError):
@@ -213,30 +213,27 @@ class Plan:
             return SLOWDOWN["callgrind-cycles" if mode == "cycles" else "callgrind"]
         return SLOWDOWN[mode]
 
-    def work_seconds(self, mode: str) -> float:
-        """Wall seconds of the calls and unpickling inside one process's counting run(s)."""
-        per = self.native_call + self.native_args
-        if self.method == "bracket":
-            # warm-up and unpickling uninstrumented, counted calls (and one cache-warming
-            # call for cycles) instrumented
-            instrumented = self.calls + (1 if mode == "cycles" else 0)
-            return (
-                SLOWDOWN["uninstrumented"] * (self.warmup * per + self.calls * self.native_args)
-                + self._slow(mode) * instrumented * self.native_call
-            )
-        return self._slow(mode) * (self.warmup + self.calls) * per
-
     def estimate(self, mode: str, *, startup: float | None = None, jobs: int) -> float:
-        """Wall seconds of the whole count, ``jobs`` processes at a time."""
+        """Wall seconds of one side's count: the native pre-run, one valgrind start-up
+        and warm-up, then the forked processes, ``jobs`` at a time."""
         start = STARTUP[self.method] if startup is None else startup
+        per = self.native_call + self.native_args
+        prewarm = PREWARM_SECONDS + self.warmup * per
+        off = SLOWDOWN["uninstrumented"]
         if self.method == "bracket":
-            one = start + self.work_seconds(mode)
-            return one * self.processes / max(1, min(jobs, self.processes))
-        runs = 2 * self.processes
-        with_calls = start + self.work_seconds(mode)
-        without = start + self._slow(mode) * (self.warmup + self.calls) * self.native_args
-        without += self._slow(mode) * self.warmup * self.native_call
-        return (with_calls + without) * self.processes / max(1, min(jobs, runs))
+            parent = start + off * self.warmup * per
+            # the calls and the no-op loop each unpickle their sets; a cache-warming call
+            # for cycles
+            instrumented = self.calls + (1 if mode == "cycles" else 0)
+            child = off * 2 * self.calls * self.native_args
+            child += self._slow(mode) * instrumented * self.native_call
+            work = child * self.processes
+        else:
+            parent = start + self._slow(mode) * self.warmup * per
+            # per index: the counted process, and two references that only unpickle
+            work = self._slow(mode) * self.calls * (per + 2 * self.native_args)
+            work *= self.processes
+        return prewarm + parent + work / max(1, min(jobs, self.processes))
 
 
 def plan(
@@ -251,15 +248,12 @@ def plan(
     """Choose the method, warm-up and counted calls from the native time of one call."""
     per = max(native_call, 1e-7)
     if method is None:
-        method = "bracket" if bracket_available() else "difference"
+        method = "bracket" if bracket_available() and per < BRACKET_MAX_CALL else "difference"
     if warmup is None:
         warmup = max(2, min(MAX_WARMUP, math.ceil(WARMUP_NATIVE_SECONDS / per)))
     if calls is None:
-        if method == "bracket":
-            few = 1 if per >= BRACKET_ONE_CALL_SECONDS else 2
-            calls = max(few, min(MAX_CALLS, math.ceil(BRACKET_COUNTED_NATIVE_SECONDS / per)))
-        else:
-            calls = max(3, min(MAX_CALLS, math.ceil(COUNTED_NATIVE_SECONDS / per)))
+        few = 1 if per >= ONE_CALL_SECONDS else 2
+        calls = max(few, min(MAX_CALLS, math.ceil(COUNTED_NATIVE_SECONDS / per)))
     return Plan(warmup, calls, processes, native_call, native_args, method)
 
 
@@ -364,14 +358,13 @@ def _tool_args(mode: str, out_file: str, method: str = "difference") -> list[str
 
 
 def counting_env(
-    pad: int,
     import_roots: Sequence[str],
     base: Mapping[str, str] | None = None,
     *,
     pycache: str | None = None,
     write_bytecode: bool = False,
 ) -> dict[str, str]:
-    """The environment of a counting process: reproducible, and sized by ``pad``.
+    """The environment of a counting process: reproducible.
 
     ``pycache`` is a bytecode cache (``PYTHONPYCACHEPREFIX``) that a native pre-run fills
     (``write_bytecode``) and the counting runs only read: compiling every module from source
@@ -391,7 +384,6 @@ def counting_env(
         env["PYTHONPYCACHEPREFIX"] = pycache
     paths = [*import_roots, *(p for p in sys.path if p)]
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    env[_ENV_PAD] = "x" * (pad * _PAD_STEP)
     return env
 
 
@@ -420,7 +412,7 @@ def prewarm(job: CountJob, *, pycache: str | None, workdir: Path, timeout: float
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=counting_env(0, job.import_roots, pycache=pycache, write_bytecode=True),
+            env=counting_env(job.import_roots, pycache=pycache, write_bytecode=True),
             timeout=timeout,
             check=False,
         )
@@ -441,10 +433,11 @@ class CountJob:
     target: str
     import_roots: tuple[str, ...]
     warmup: int
-    calls: int  # fresh argument sets unpickled, in both runs
+    calls: int  # counted calls per process (fresh argument sets)
     gc: str
-    counted: bool = True  # False in the reference run: the same, without the calls
-    marker: bool = False  # call the callgrind markers around the counted calls
+    children: int = 3  # counted processes forked after the warm-up
+    manifest: str | None = None  # where the parent lists its children (pid, kind, exit)
+    marker: bool = False  # the profile: count in this process, around the markers
     method: str = "difference"  # or "bracket": client requests around each call
     cache_warm: bool = False  # bracket: one instrumented, uncollected call first (cycles)
     prewarm: bool = False  # native pre-run: load and warm up only (fills the bytecode cache)
@@ -461,12 +454,12 @@ def run_under(
     tool_args: Sequence[str],
     job: CountJob,
     *,
-    pad: int,
     workdir: Path,
     timeout: float,
+    name: str = "count",
 ) -> Path:
-    """Run one counting process under valgrind; return its log file (for errors)."""
-    name = f"{pad}-{'calls' if job.counted else 'reference'}-{job.method}"
+    """Run one counting process (and the processes it forks) under valgrind; return its
+    log file (for errors). On a timeout the whole process group is killed."""
     job_file = workdir / f"job-{name}.json"
     job_file.write_text(job.to_json())
     log = workdir / f"valgrind-{name}.log"
@@ -482,22 +475,27 @@ def run_under(
         "pytest_perfreplay.replay.counting",
         str(job_file),
     ]
-    try:
-        with open(errfile, "wb") as err:
-            proc = subprocess.run(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env=counting_env(pad, job.import_roots, pycache=job.pycache),
-                timeout=timeout,
-                check=False,
-            )
-    except subprocess.TimeoutExpired:
-        raise CountError(
-            f"a counting process ran over {timeout:.0f} s and was killed; raise "
-            "--perf-replay-max-time"
-        ) from None
+    with open(errfile, "wb") as err:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=counting_env(job.import_roots, pycache=job.pycache),
+            start_new_session=True,  # its forked children go with it on a timeout
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except BaseException as exc:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise CountError(
+                    f"a counting process ran over {timeout:.0f} s and was killed; raise "
+                    "--perf-replay-max-time"
+                ) from None
+            raise
     if proc.returncode != 0:
         tail = _tail(errfile) or _tail(log)
         raise CountError(
@@ -542,76 +540,38 @@ def cycles(events: Mapping[str, float]) -> float:
     return l1 * (accesses - l1_miss) + ll * (l1_miss - ram) + mem * ram
 
 
-def _run_total(
-    vg: Valgrind,
-    mode: str,
-    base: CountJob,
-    pad: int,
-    counted: bool,
-    workdir: Path,
-    timeout: float,
-) -> dict[str, int]:
-    """Event totals of one whole counting process (the counted or the reference run)."""
-    job = CountJob(**{**base.__dict__, "counted": counted})
-    out = workdir / f"cachegrind-{pad}-{'calls' if counted else 'reference'}.out"
-    run_under(vg, _tool_args(mode, str(out)), job, pad=pad, workdir=workdir, timeout=timeout)
-    return parse_cachegrind(out)
-
-
-def _run_bracket(
-    vg: Valgrind,
-    mode: str,
-    base: CountJob,
-    pad: int,
-    workdir: Path,
-    timeout: float,
-) -> dict[str, float]:
-    """Per-call events of one bracketed process: (calls dump - no-op dump) / N."""
-    job = CountJob(**{**base.__dict__, "method": "bracket", "cache_warm": mode == "cycles"})
-    out = workdir / f"callgrind-{pad}.out"
-    run_under(
-        vg, _tool_args(mode, str(out), "bracket"), job, pad=pad, workdir=workdir, timeout=timeout
-    )
-    calls_part, noop_part = Path(f"{out}.1"), Path(f"{out}.2")
-    if not (calls_part.exists() and noop_part.exists()):
-        raise CountError(
-            f"callgrind wrote no bracketed counts for {base.target} (expected {calls_part.name} "
-            f"and {noop_part.name}): the client requests were not seen"
-        )
-    with_calls = parse_cachegrind(calls_part)
-    overhead = parse_cachegrind(noop_part)
-    return {k: (with_calls[k] - overhead.get(k, 0)) / base.calls for k in with_calls}
-
-
-def _processes(
-    vg: Valgrind,
-    mode: str,
-    base: CountJob,
-    pads: Sequence[int],
-    workdir: Path,
-    timeout: float,
-    jobs: int,
+def _children(
+    vg: Valgrind, mode: str, job: CountJob, workdir: Path, timeout: float
 ) -> list[dict[str, float]]:
-    """Per-call events of each process: (N calls) minus (0 calls), divided by N.
+    """Per-call events of each forked process of one counting run."""
+    bracket = job.method == "bracket"
+    out = workdir / ("callgrind.%p.out" if bracket else "cachegrind.%p.out")
+    run_under(vg, _tool_args(mode, str(out), job.method), job, workdir=workdir, timeout=timeout)
+    assert job.manifest is not None
+    listed = json.loads(Path(job.manifest).read_text())
 
-    The runs are independent processes and valgrind counts are not disturbed by load,
-    so they run ``jobs`` at a time.
-    """
-    if base.method == "bracket":
-        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(pads)))) as pool:
-            return list(
-                pool.map(lambda pad: _run_bracket(vg, mode, base, pad, workdir, timeout), pads)
+    def totals(pid: int, suffix: str = "") -> dict[str, int]:
+        path = workdir / f"{out.name.replace('%p', str(pid))}{suffix}"
+        if not path.exists():
+            raise CountError(
+                f"valgrind wrote no counts for a counted process of {job.target} "
+                f"(expected {path.name})"
+                + (": the client requests were not seen" if bracket else "")
             )
-    runs = [(pad, counted) for pad in pads for counted in (True, False)]
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(runs)))) as pool:
-        totals = list(
-            pool.map(lambda r: _run_total(vg, mode, base, r[0], r[1], workdir, timeout), runs)
+        return parse_cachegrind(path)
+
+    per: list[dict[str, float]] = []
+    if bracket:
+        for child in listed:
+            calls, noop = totals(child["pid"], ".1"), totals(child["pid"], ".2")
+            per.append({k: (calls[k] - noop.get(k, 0)) / job.calls for k in calls})
+        return per
+    for i in range(0, len(listed), 3):
+        ref_a, counted, ref_b = (totals(c["pid"]) for c in listed[i : i + 3])
+        per.append(
+            {k: (counted[k] - (ref_a.get(k, 0) + ref_b.get(k, 0)) / 2) / job.calls for k in counted}
         )
-    out = []
-    for i in range(0, len(totals), 2):
-        with_calls, without = totals[i], totals[i + 1]
-        out.append({k: (with_calls[k] - without.get(k, 0)) / base.calls for k in with_calls})
-    return out
+    return per
 
 
 def count_calls(
@@ -627,21 +587,16 @@ def count_calls(
     calls: int = 5,
     gc: str = "collect",
     confidence: float = 0.95,
-    jobs: int | None = None,
     timeout: float = 3600.0,
     valgrind: Valgrind | None = None,
-    check_estimate: Callable[[float], None] | None = None,
     method: Method | None = None,
-    probe_first: bool = True,
 ) -> CountResult:
     """Count the per-call instructions (or estimated cycles) of ``target`` on a snapshot.
 
     ``import_roots`` go first on the counting processes' ``sys.path``: a paired runner
-    passes a baseline tree there and nothing for today's code. ``check_estimate`` is
-    called with the estimated total wall seconds once the first run has shown what a
-    process costs here; it may raise to refuse the rest. ``probe_first=False`` starts every
-    process at once (the caller's estimate is well inside its budget). ``method`` defaults
-    to ``bracket`` where client requests work, else ``difference``.
+    passes a baseline tree there and nothing for today's code. ``method`` defaults to
+    ``bracket`` where client requests work, else ``difference`` (:func:`plan` also
+    weighs the call's length).
     """
     if mode not in MODES:
         raise CountError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -650,7 +605,6 @@ def count_calls(
     vg = valgrind or preflight()
     if method is None:
         method = "bracket" if bracket_available() else "difference"
-    jobs = jobs or max(1, min(4, os.cpu_count() or 1))
     base = CountJob(
         snapshot_path=str(snapshot_path),
         store=str(store),
@@ -660,39 +614,37 @@ def count_calls(
         warmup=warmup,
         calls=calls,
         gc=gc,
+        children=processes,
         method=method,
+        cache_warm=method == "bracket" and mode == "cycles",
         pycache=bytecode_cache(),
     )
-    runs_per_process = 1 if method == "bracket" else 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="perfreplay-count-") as tmp:
         workdir = Path(tmp)
-        prewarm(base, pycache=base.pycache, workdir=workdir, timeout=timeout)
-        if not probe_first:
-            per_events = _processes(vg, mode, base, list(range(processes)), workdir, timeout, jobs)
-        else:
-            per_events = _processes(vg, mode, base, [0], workdir, timeout, jobs)
-            if check_estimate is not None:
-                one = time.perf_counter() - started
-                rest = runs_per_process * (processes - 1)
-                check_estimate(one * (1 + math.ceil(rest / max(runs_per_process, jobs))))
-            if processes > 1:
-                pads = list(range(1, processes))
-                per_events += _processes(vg, mode, base, pads, workdir, timeout, jobs)
+        job = CountJob(**{**base.__dict__, "manifest": str(workdir / "children.json")})
+        prewarm(job, pycache=job.pycache, workdir=workdir, timeout=timeout)
+        per_events = _children(vg, mode, job, workdir, timeout)
     elapsed = time.perf_counter() - started
     first = per_events[0]
     values = [cycles(e) if mode == "cycles" else e["Ir"] for e in per_events]
     mean, low, high, spread, summary_method = summarize(values, confidence)
     events = {k: sum(e[k] for e in per_events) / len(per_events) for k in first}
     tool = " ".join([*prefix(vg), "valgrind", *_tool_args(mode, "…", method)])
+    forked = (
+        f"{processes} processes forked after {warmup} warm-up calls, in heap states of their own"
+    )
     if method == "bracket":
         how = (
-            f"each process counted {calls} calls between client-request toggles, minus the "
-            f"same loop around a no-op, after {warmup} uninstrumented warm-up calls"
-            + (" and one instrumented cache-warming call" if mode == "cycles" else "")
+            f"{forked}; each counted {calls} calls between client-request toggles, minus the "
+            "same loop around a no-op"
+            + (", after one instrumented cache-warming call" if mode == "cycles" else "")
         )
     else:
-        how = f"each process counted with {calls} calls minus 0 calls after {warmup} warm-up calls"
+        how = (
+            f"{forked}; each counted {calls} calls under cachegrind, minus the mean of two "
+            "reference processes forked beside it that made no calls"
+        )
     return CountResult(
         unit=mode,
         per_process=tuple(values),
