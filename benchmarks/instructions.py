@@ -3,8 +3,9 @@
 The same three pure-Python workloads as ``replay_precision.py`` (~1, ~10, ~100 ms when
 calibrated), captured once as snapshots, then counted with
 :func:`pytest_perfreplay.replay.valgrind.count_calls` exactly as
-``--perf-replay-measure=instructions`` counts them (3 processes; on x86-64 Linux each
-counted call bracketed by callgrind client requests, elsewhere N calls minus 0 calls).
+``--perf-replay-measure=instructions`` counts them: one valgrind process per count warms
+up and forks 3 counted processes; calls under 5 ms are bracketed by callgrind client
+requests (x86-64 Linux), longer ones differenced under cachegrind.
 Code changes are made the way a paired run sees them: a second source tree whose
 ``work.py`` does a little more work, passed as the import root, against the same snapshot.
 
@@ -209,12 +210,9 @@ def main() -> None:
         vg = count.vg
         say(
             f"valgrind {vg.version_text}, {'setarch -R' if vg.setarch else 'ASLR on'}, "
-            f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each count: 3 processes, "
-            + (
-                "each call bracketed by callgrind client requests"
-                if plan(1e-3, 0.0, processes=3).method == "bracket"
-                else "(N calls, 0 calls) under cachegrind"
-            )
+            f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each count: one valgrind "
+            "process, warmed up, forking 3 counted processes; method per workload: "
+            + ", ".join(f"{w} {plan(natives[w], 0.0, processes=3).method}" for w in WORKLOADS)
             + f"; verdict band ±{args.min_effect:.2%}"
         )
         say(
@@ -256,7 +254,8 @@ def main() -> None:
             say(
                 f"cost of one count (one side): median {statistics.median(walls):.1f} s "
                 f"[{min(walls):.1f}-{max(walls):.1f}] for a {natives[workload] * 1e3:.2f} ms "
-                f"call ({base[0].warmup} warm-up + {base[0].calls} counted calls per run); "
+                f"call ({base[0].counting}: {base[0].warmup} warm-up + {base[0].calls} "
+                "counted calls per process); "
                 f"goal 30x native + 3 s = {goal:.1f} s: "
                 f"{'met' if statistics.median(walls) <= goal else 'NOT met'} "
                 f"({statistics.median(walls) / goal:.1f}x the goal)"

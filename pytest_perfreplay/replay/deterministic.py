@@ -85,8 +85,8 @@ def verdict_from_counts(
     """Candidate / baseline from per-process per-call counts.
 
     With the same number of processes on each side, process ``i`` of one side pairs with
-    process ``i`` of the other (they share the environment size, so layout effects
-    cancel) and the interval is Student-t over the per-pair log ratios. Otherwise it is a
+    process ``i`` of the other (the same heap pad, so heap-state effects cancel) and the
+    interval is Student-t over the per-pair log ratios. Otherwise it is a
     Welch interval on the difference of mean log counts. A spread of zero gives a point
     interval: the counts really did not move.
     """
@@ -305,7 +305,7 @@ def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
         + (
             "call bracketed by callgrind client requests, minus the same bracket around a no-op"
             if result.counting == "bracket"
-            else f"process as {result.calls} calls minus 0 calls"
+            else "process's cachegrind total minus that of two forked beside it without the calls"
         )
         + f"; valgrind {result.valgrind}, {result.elapsed:.1f} s",
     ]
