@@ -437,7 +437,7 @@ class CountJob:
     gc: str
     children: int = 3  # counted processes forked after the warm-up
     manifest: str | None = None  # where the parent lists its children (pid, kind, exit)
-    marker: bool = False  # the profile: count in this process, around the markers
+    marker: bool = False  # the profile: one forked process, bracketed as the count is
     method: str = "difference"  # or "bracket": client requests around each call
     cache_warm: bool = False  # bracket: one instrumented, uncollected call first (cycles)
     prewarm: bool = False  # native pre-run: load and warm up only (fills the bytecode cache)
