@@ -114,6 +114,30 @@ def test_spread_between_processes_widens_the_interval() -> None:
     assert not v.significant and v.high - v.low > 0.05
 
 
+# Per-process counts of one 2 ms loop over ints, counted under valgrind here: process i of
+# 3 holds i/3 of a pool's worth of blocks of every size class. At some places in the pools
+# the same call costs 5.7% more (each allocation fills a pool, each free reopens it).
+CHEAP, DEAR = (34_071_911.0, 34_071_907.0, 34_071_916.0), 36_021_782.0
+
+
+def test_one_pair_at_a_dearer_heap_position_does_not_make_a_change() -> None:
+    cand = [*CHEAP[:2], DEAR]  # today's process 2 sits where the count jumps; the baseline's not
+    v = verdict_from_counts(CHEAP, cand, unit="instructions", rev="HEAD", sha="")
+    assert v.ratio == pytest.approx(1.0, abs=1e-6)  # the median pair
+    assert not v.significant and v.direction == "same"
+    assert v.high >= DEAR / CHEAP[2]  # the interval holds every pair's ratio
+    assert "median of 3 process pairs" in v.method
+
+
+def test_pairs_that_disagree_on_a_real_change_are_not_a_verdict() -> None:
+    agree = [x * 1.02 for x in CHEAP]
+    assert verdict_from_counts(CHEAP, agree, unit="instructions", rev="HEAD", sha="").significant
+    disagree = [*agree[:2], DEAR * 1.02]
+    v = verdict_from_counts(CHEAP, disagree, unit="instructions", rev="HEAD", sha="")
+    assert v.ratio == pytest.approx(1.02, rel=1e-6)
+    assert not v.significant  # one place in the pools says 7.8%: the data don't pin it down
+
+
 def test_unequal_process_counts_use_the_welch_interval() -> None:
     cand = [x * 0.9 for x in BASE[:2]]
     v = verdict_from_counts(BASE, cand, unit="instructions", rev="HEAD", sha="")

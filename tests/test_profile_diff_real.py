@@ -119,5 +119,8 @@ def test_diff_of_two_real_sessions_prints_the_ledger_ratio(
     assert from_ledger > 1.5  # the rewrite did 3x the work: the timed medians saw it
     docs = [json.loads((pytester.path / p).read_text()) for p in (old, new)]
     profiled = per_call(docs[1]) / per_call(docs[0])
-    if f"{profiled:.2f}" != f"{from_ledger:.2f}":
-        assert ratio != pytest.approx(profiled, abs=0.006)  # not the profiler's per-call times
+    # Not the profiler's per-call times, where the two are far enough apart to tell: the
+    # printed ratio is within 0.005 of the ledger's, so more than 0.012 between them leaves
+    # it over 0.006 from the profiler's (a profiled 2.824 beside a printed 2.83 is neither).
+    if abs(profiled - from_ledger) > 0.012:
+        assert ratio != pytest.approx(profiled, abs=0.006)

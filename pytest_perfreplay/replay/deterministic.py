@@ -85,10 +85,13 @@ def verdict_from_counts(
     """Candidate / baseline from per-process per-call counts.
 
     With the same number of processes on each side, process ``i`` of one side pairs with
-    process ``i`` of the other (the same heap pad, so heap-state effects cancel) and the
-    interval is Student-t over the per-pair log ratios. Otherwise it is a
-    Welch interval on the difference of mean log counts. A spread of zero gives a point
-    interval: the counts really did not move.
+    process ``i`` of the other (the same heap pad, so both sit at the same place in the
+    allocator's pools). The estimate is the median per-pair log ratio: a call's count can
+    jump by a few percent at some places in the pools, and a pair in such a place on one
+    side only must not move the verdict. The interval is Student-t over the per-pair log
+    ratios, widened to hold every pair's ratio, so pairs that disagree are never a
+    "significant" change. Otherwise it is a Welch interval on the difference of mean log
+    counts. A spread of zero gives a point interval: the counts really did not move.
     """
     if not baseline or not candidate or min(*baseline, *candidate) <= 0:
         raise ValueError("counts must be positive, at least one per side")
@@ -97,12 +100,18 @@ def verdict_from_counts(
     if len(logs_b) == len(logs_c):
         diffs = [c - b for b, c in zip(logs_b, logs_c, strict=True)]
         k = len(diffs)
-        centre = statistics.fmean(diffs)
+        centre = statistics.median(diffs)
         if k >= 2:
+            mean = statistics.fmean(diffs)
             half = _t(confidence, k - 1) * statistics.stdev(diffs) / math.sqrt(k)
+            lo_log = min(mean - half, *diffs)
+            hi_log = max(mean + half, *diffs)
         else:
-            half = math.inf
-        method = f"Student-t over {k} process pairs of log count ratios"
+            lo_log, hi_log = -math.inf, math.inf
+        method = (
+            f"median of {k} process pairs' log count ratios; Student-t interval widened to "
+            "every pair's ratio"
+        )
         pairs = k
     else:
         kb, kc = len(logs_b), len(logs_c)
@@ -117,8 +126,9 @@ def verdict_from_counts(
             half = 0.0 if se == 0 else math.inf
         method = f"Welch interval on mean log counts ({kb} vs {kc} processes)"
         pairs = min(kb, kc)
+        lo_log, hi_log = centre - half, centre + half
     ratio = math.exp(centre)
-    low, high = math.exp(centre - half), math.exp(centre + half)
+    low, high = math.exp(lo_log), math.exp(hi_log)
     band_low, band_high = 1 / (1 + min_effect), 1 + min_effect
     significant = low > band_high or high < band_low
     equivalent = band_low <= low and high <= band_high
