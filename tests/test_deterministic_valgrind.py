@@ -420,3 +420,64 @@ def test_a_count_over_its_timeout_is_killed_with_every_forked_process(
         ["pgrep", "-f", str(scratch)], capture_output=True, text=True, check=False
     ).stdout.split()
     assert left == [], f"counting processes left running: {left}"
+
+
+HEAPY = """
+import os
+
+from pytest_perfreplay import capture
+
+# Small ints held from import on: where in its pools the process stands when a call starts.
+_HELD = [1_000_000 + i for i in range(int(os.environ.get("HELD", "0")))]
+
+
+@capture
+def spin(n):
+    total = 0
+    for i in range(n):
+        total = (total * 31 + i) % 1_000_003
+    return total
+"""
+
+
+@pytest.mark.valgrind
+def test_processes_in_other_heap_states_count_identical_code_the_same(
+    pytester: pytest.Pytester, real_valgrind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sides of a paired count start from whatever their parents ran (here: how many
+    small ints a module holds). The same call then costs more at some places in the
+    pools than at others (a CI run called identical trees 1.8% apart that way); the
+    counted processes sit a third of a pool apart, and the verdict follows the median
+    pair, so identical code is never a change."""
+    from pytest_perfreplay.replay.deterministic import deterministic_verdict
+    from pytest_perfreplay.replay.valgrind import count_calls
+
+    pytester.makepyfile(heapy=HEAPY, traffic="import heapy\nheapy.spin(20_000)\n")
+    env = dict(os.environ, PERFREPLAY_CAPTURE="1", PERFREPLAY_STORE=".perfreplay")
+    subprocess.run(
+        [sys.executable, "traffic.py"], cwd=pytester.path, env=env, check=True, timeout=120
+    )
+    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("heapy-spin*/*.prsnap")
+
+    def count(held: int) -> Any:
+        monkeypatch.setenv("HELD", str(held))
+        return count_calls(
+            path,
+            "heapy:spin",
+            store=pytester.path / ".perfreplay",
+            import_roots=[str(pytester.path)],
+            processes=3,
+            warmup=10,
+            calls=2,
+        )
+
+    base = count(0)
+    for held in (40, 80, 120, 250, 300):
+        other = count(held)
+        v = deterministic_verdict(base, other, rev="HEAD", sha="")
+        assert not v.significant and v.direction == "same", (
+            held,
+            base.per_process,
+            other.per_process,
+        )
+        assert v.ratio == pytest.approx(1.0, abs=1e-3), (held, base.per_process, other.per_process)
