@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -387,3 +389,15 @@ def test_client_requests_are_no_ops_outside_valgrind() -> None:
     # On a real CPU the special sequence does nothing and the default (0) comes back.
     assert vg.running_on_valgrind() == 0
     assert vg.toggle_collect() == 0 and vg.dump_stats() == 0
+
+
+def test_the_counting_process_imports_asyncio_only_for_async_targets() -> None:
+    """Its ~50 modules cost about a second of every count's start-up under valgrind."""
+    code = (
+        "import sys, pytest_perfreplay.replay.counting, pytest_perfreplay.replay.call\n"
+        "print('asyncio' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False"

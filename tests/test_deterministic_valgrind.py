@@ -481,3 +481,45 @@ def test_processes_in_other_heap_states_count_identical_code_the_same(
             other.per_process,
         )
         assert v.ratio == pytest.approx(1.0, abs=1e-3), (held, base.per_process, other.per_process)
+
+
+ASYNC_SERVICE = """
+import asyncio
+
+from pytest_perfreplay import capture
+
+
+@capture
+async def fetch(n):
+    await asyncio.sleep(0)
+    return sum(i * i for i in range(n))
+"""
+
+
+@pytest.mark.valgrind
+def test_an_async_target_is_counted_on_an_event_loop(
+    pytester: pytest.Pytester, real_valgrind: str
+) -> None:
+    from pytest_perfreplay.replay.valgrind import count_calls
+
+    pytester.makepyfile(
+        asvc=ASYNC_SERVICE, traffic="import asyncio, asvc\nasyncio.run(asvc.fetch(5000))\n"
+    )
+    env = dict(os.environ, PERFREPLAY_CAPTURE="1", PERFREPLAY_STORE=".perfreplay")
+    subprocess.run(
+        [sys.executable, "traffic.py"], cwd=pytester.path, env=env, check=True, timeout=120
+    )
+    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("asvc-fetch*/*.prsnap")
+    counted = count_calls(
+        path,
+        "asvc:fetch",
+        store=pytester.path / ".perfreplay",
+        import_roots=[str(pytester.path)],
+        processes=3,
+        warmup=5,
+        calls=2,
+    )
+    # 5000 squares summed through a generator: well over 100 instructions each. A call
+    # that only built the coroutine and never ran it would count a few hundred in all.
+    assert counted.estimate > 500_000, counted.per_process
+    assert counted.spread < 0.01, counted.per_process

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import importlib
@@ -11,11 +10,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..capture.decorator import unwrap_capture
 from ..errors import SnapshotError
 from ..snapshot.format import Keyring, Snapshot, code_hash, inspect_unwrap, python_minor, verify
+
+if TYPE_CHECKING:
+    import asyncio  # imported when a target is async: ~50 modules, seconds under valgrind
 
 GcPolicy = str  # "collect" | "disable" | "enable"; validated by rounds.RoundPolicy
 
@@ -142,6 +144,8 @@ class Replayer:
 
     def _loop_get(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
+            import asyncio
+
             self._loop = asyncio.new_event_loop()
         return self._loop
 

@@ -33,7 +33,6 @@ requests, between two libc calls that ``--zero-before``/``--dump-before`` watch 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import inspect
@@ -56,6 +55,8 @@ def _caller(func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, An
     from ..snapshot.format import inspect_unwrap
 
     if inspect.iscoroutinefunction(inspect_unwrap(func)) or inspect.iscoroutinefunction(func):
+        import asyncio  # only here: its ~50 modules cost about a second of valgrind start-up
+
         loop = asyncio.new_event_loop()
 
         def call_async(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
