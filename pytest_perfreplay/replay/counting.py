@@ -265,8 +265,9 @@ SIZE_CLASSES = range(16, 513, 16)
 
 def _heap_pad(index: int, children: int) -> list[object]:
     """Process ``index`` of ``children`` holds ``index / children`` of a pool's worth of
-    blocks of every size class: the children sample positions a pool apart, where a
-    few blocks more or less (a heap pad of a dozen objects) rarely moved the count."""
+    blocks of every size class, so the children sit 1/``children`` of a pool apart: a
+    dozen blocks more or less (the pad this replaced) mostly left every child at the same
+    place, and the spread over them hid how far the count can move."""
     empty = sys.getsizeof(b"")  # bytes of length n take empty + n bytes
     pad: list[object] = []
     for block in SIZE_CLASSES:
