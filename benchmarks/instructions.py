@@ -17,7 +17,11 @@ Measured per workload:
   judged against one of the unchanged counts by :func:`deterministic_verdict` with a
   ``--min-effect`` band (default 0.25%); detected = significant and "slower";
 * **A/A**: verdicts between counts of identical code (pairs of unchanged sessions, then
-  pairs of same-level tries), none should be significant;
+  pairs of same-level tries), none should be significant; and **A/A across folders**:
+  the same files copied to other folders (as a paired run's baseline checkout is), each
+  count judged against an unchanged one: the folder's path changes the counting
+  process's heap state, which moved identical code by 1.8% before the heap pads spanned
+  a pool;
 * **cost**: wall seconds of one count (one side) against the native call time, and the
   issue's goal of 30x the native call plus 3 s;
 * **under load**: the ~1 ms workload counted beside a CPU hog (2 s busy, 1.3 s idle, on
@@ -118,8 +122,8 @@ def calibrate() -> dict[str, int]:
     return {"w1ms": int(1e-3 / per), "w10ms": int(1e-2 / per), "w100ms": int(1e-1 / per)}
 
 
-def tree(root: Path, extra: float) -> Path:
-    path = root / f"tree-{extra:g}"
+def tree(root: Path, extra: float, folder: str | None = None) -> Path:
+    path = root / (folder or f"tree-{extra:g}")
     path.mkdir(exist_ok=True)
     (path / "work.py").write_text(WORK.format(extra=extra))
     return path
@@ -168,14 +172,14 @@ class Counter:
         self.counts = 0
         self.method: Method | None = None  # None: what the plugin would choose here
 
-    def __call__(self, workload: str, extra: float) -> CountResult:
+    def __call__(self, workload: str, extra: float, folder: str | None = None) -> CountResult:
         p = plan(self.native[workload], 0.0, processes=3, method=self.method)
         self.counts += 1
         return count_calls(
             self.snapshots[workload],
             f"work:{workload}",
             store=self.root / "store",
-            import_roots=[str(tree(self.root, extra))],
+            import_roots=[str(tree(self.root, extra, folder))],
             processes=3,
             warmup=p.warmup,
             calls=p.calls,
@@ -288,6 +292,23 @@ def main() -> None:
                         ).significant
                     )
             say(f"A/A verdicts: {sum(aa)} significant of {len(aa)} (identical code counted twice)")
+            # As a paired run sees identical code: the same files in another folder (the
+            # baseline's checkout), whose longer or shorter paths leave the counting
+            # process's heap in another state before the counted calls.
+            copies = [count(workload, 0.0, "baseline-" + "x" * (7 * i)) for i in range(tries)]
+            across = [
+                deterministic_verdict(
+                    base[i % len(base)], c, rev="copy", sha="", min_effect=args.min_effect
+                )
+                for i, c in enumerate(copies)
+            ]
+            moved = [abs(v.ratio - 1) for v in across]
+            say(
+                f"A/A across folders: {sum(v.significant for v in across)} significant of "
+                f"{len(across)} (identical files in {len(copies)} other folders); median pair "
+                f"ratio off by {pct(max(moved))} at most; per-process spread in those counts "
+                f"up to {pct(max(c.spread for c in copies))}"
+            )
 
         say(f"\ntotal: {count.counts} counts in {time.perf_counter() - started:.0f} s")
 
