@@ -401,3 +401,14 @@ def test_the_counting_process_imports_asyncio_only_for_async_targets() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False"
+
+
+def test_a_heap_pad_holds_its_share_of_a_pool_in_every_size_class() -> None:
+    from pytest_perfreplay.replay.heappad import POOL_BYTES, SIZE_CLASSES, heap_pad
+
+    assert heap_pad(0, 3) == []
+    pad = heap_pad(1, 2)
+    blocks = [(sys.getsizeof(x) + 15) // 16 * 16 for x in pad]
+    for block in SIZE_CLASSES:
+        assert blocks.count(block) == POOL_BYTES // block // 2, block
+    assert len(heap_pad(2, 3)) > len(pad)

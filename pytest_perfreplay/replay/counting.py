@@ -3,15 +3,11 @@
 It loads and verifies the snapshot and makes the warm-up calls, once. Then it forks the
 counted processes (``children`` of them): interpreter start-up, imports, unpickling the
 snapshot and warm-up are paid once per side, not once per process, and every child starts
-from the same warmed-up state. A call that allocates executes more or fewer instructions
-with the small-object allocator's state (a loop over ints moved by up to 5.7% here, in
-steps, with how full the pools it allocates from were), and that state carries all the
-process ran before: two trees imported from different folders start in different states.
-So each child holds a heap pad of its own that puts it at a different place in every size
-class's pools (child ``i`` of ``k`` holds ``i/k`` of a pool's worth of blocks of every
-class), and the spread over the children shows how much the count depends on the heap.
-valgrind follows forks itself: each child writes its own output file (``%p`` in the file
-name) when it exits.
+from the same warmed-up state. Child ``i`` of ``k`` then holds ``i/k`` of a pool's worth
+of blocks of every size class (:mod:`.heappad`): a call that allocates counts more or
+fewer instructions at some places in the pools, and the spread over the children shows
+how much. valgrind follows forks itself: each child writes its own output file (``%p`` in
+the file name) when it exits.
 
 * ``method == "bracket"`` (callgrind, instrumentation off from the start): start-up and
   warm-up run at valgrind's uninstrumented speed. Each child switches instrumentation on,
@@ -42,6 +38,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .heappad import heap_pad
 
 #: libc functions that mark the counted region for callgrind; both are plain system calls
 #: that neither the interpreter nor a typical target makes.
@@ -179,7 +177,7 @@ def _fork_counts(
     def child(role: Role) -> None:
         index, kind = role
         gc.enable()
-        pad = _heap_pad(index, children)  # noqa: F841 - alive until the process ends
+        pad = heap_pad(index, children)  # noqa: F841 - alive until the process ends
         if kind == "profile":
             _profile_calls(call, policy, load, n, bracket=bracket)
             return
@@ -255,30 +253,6 @@ def _child(read: int, write: int, child: Callable[[Role], None] | None, role: Ro
 
 def _wait(pids: Sequence[int]) -> list[int]:
     return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
-
-
-#: pymalloc's pools (16 KiB on 64-bit CPython 3.10+) less their 48-byte header, and its
-#: size classes: multiples of 16 bytes up to 512.
-POOL_BYTES = 16384 - 48
-SIZE_CLASSES = range(16, 513, 16)
-
-
-def _heap_pad(index: int, children: int) -> list[object]:
-    """Process ``index`` of ``children`` holds ``index / children`` of a pool's worth of
-    blocks of every size class, so the children sit 1/``children`` of a pool apart: a
-    dozen blocks more or less (the pad this replaced) mostly left every child at the same
-    place, and the spread over them hid how far the count can move."""
-    empty = sys.getsizeof(b"")  # bytes of length n take empty + n bytes
-    pad: list[object] = []
-    for block in SIZE_CLASSES:
-        count = POOL_BYTES // block * index // max(1, children)
-        if block == 16:
-            pad.extend(object() for _ in range(count))
-        elif block == 32:
-            pad.extend(n + 1_000_000 for n in range(count))  # one-digit ints: 28 bytes
-        else:
-            pad.extend(bytes(block - empty) for _ in range(count))
-    return pad
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
