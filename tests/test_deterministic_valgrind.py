@@ -141,15 +141,17 @@ def test_instructions_are_counted_reported_kept_and_compared(
     assert_valid_speedscope(profile)
     assert profile["profiles"][0]["unit"] == "none"
     per_call = sum(profile["profiles"][0]["weights"]) / entry.profile_calls
-    # The profile brackets the same calls as the count, in the same heap state: its
+    # The profile brackets the same calls as the count's first process, at its place in
+    # the pools (the other two sit elsewhere, and may count a percent or two more): its
     # flame graph holds the calls plus the toggles (two ctypes calls, ~7,000 instructions
     # each: 0.5-0.6% of this small call) ...
-    assert per_call == pytest.approx(entry.estimate, rel=0.01)
-    # ... and its printed figure, less the no-op bracket, is the count's to 0.2% (one
-    # forked process with instrumentation on from the start, against the count's three
-    # switched on by a client request: 0.13% apart on this loop).
+    first = entry.group_estimates[0]
+    assert per_call == pytest.approx(first, rel=0.01)
+    # ... and its printed figure, less the no-op bracket, is that process's to 0.2%
+    # (instrumentation on from the start, against switched on by a client request: 0.13%
+    # apart on this loop).
     (printed,) = re.findall(r"callgrind: \d+ calls, ([\d,]+) instructions per call", out)
-    assert int(printed.replace(",", "")) == pytest.approx(entry.estimate, rel=2e-3)
+    assert int(printed.replace(",", "")) == pytest.approx(first, rel=2e-3)
 
     # The loop at work: the code now does the loop twice.
     (pytester.path / "svc.py").write_text(SERVICE.replace("ROUNDS = 1", "ROUNDS = 2"))
@@ -514,5 +516,7 @@ def test_an_async_target_is_counted_on_an_event_loop(
     )
     # 5000 squares summed through a generator: well over 100 instructions each. A call
     # that only built the coroutine and never ran it would count a few hundred in all.
-    assert counted.estimate > 500_000, counted.per_process
-    assert counted.spread < 0.01, counted.per_process
+    assert min(counted.per_process) > 500_000, counted.per_process
+    # The processes sit at different places in the pools on purpose: a CI run spread
+    # 3,103,557-3,142,734 (1.3%); a loop that sometimes skipped the call would not agree.
+    assert counted.spread < 0.1, counted.per_process
