@@ -72,6 +72,21 @@ def capture_traffic(pytester: pytest.Pytester, traffic: str = TRAFFIC, **modules
     )
 
 
+def count_here(pytester: pytest.Pytester, snapshots: str, target: str, **options: Any) -> Any:
+    """Count the one snapshot under ``snapshots`` (a glob in the store) of the project in
+    ``pytester.path``, with its folder as the import root."""
+    from pytest_perfreplay.replay.valgrind import count_calls
+
+    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob(snapshots)
+    return count_calls(
+        path,
+        target,
+        store=pytester.path / ".perfreplay",
+        import_roots=[str(pytester.path)],
+        **options,
+    )
+
+
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("--perf-replay", "-p", "no:cacheprovider", *args)
 
@@ -325,22 +340,27 @@ def test_bracketed_and_differenced_counts_agree(
     """The two methods count the same calls: one process bracketed by client requests,
     and two whole cachegrind processes differenced."""
     from pytest_perfreplay.replay.clientreq import available
-    from pytest_perfreplay.replay.valgrind import count_calls
 
     if not available():
         pytest.skip("client requests exist for x86-64 Linux only")
     capture_traffic(pytester)
-    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("svc-checksum*/*.prsnap")
-    common: dict[str, Any] = dict(
-        store=pytester.path / ".perfreplay",
-        import_roots=[str(pytester.path)],
-        processes=3,
-        warmup=10,
-    )
+
+    def count(method: str, calls: int) -> Any:
+        return count_here(
+            pytester,
+            "svc-checksum*/*.prsnap",
+            "svc:checksum",
+            method=method,
+            calls=calls,
+            gc="disable",
+            processes=3,
+            warmup=10,
+        )
+
     # No collections inside or between the calls: the difference method would count the
     # collections' own cost difference (what the calls left behind), the bracket does not.
-    bracket = count_calls(path, "svc:checksum", method="bracket", calls=2, gc="disable", **common)
-    diff = count_calls(path, "svc:checksum", method="difference", calls=5, gc="disable", **common)
+    bracket = count("bracket", 2)
+    diff = count("difference", 5)
     assert bracket.counting == "bracket" and diff.counting == "difference"
     assert bracket.estimate > 100_000
     # The loop allocates ints, whose cost moves by ~1.6% with the heap's state (which
@@ -349,7 +369,7 @@ def test_bracketed_and_differenced_counts_agree(
     # Each argument set is unpickled next to its call, so the heap is in the same state
     # for every call and the count does not move with how many calls are counted
     # (unpickled all ahead of time, 16, 17 and 18 calls gave counts 1.8% apart).
-    more = count_calls(path, "svc:checksum", method="bracket", calls=9, gc="disable", **common)
+    more = count("bracket", 9)
     assert more.estimate == pytest.approx(bracket.estimate, rel=1e-4)
 
 
@@ -398,10 +418,9 @@ def test_a_count_over_its_timeout_is_killed_with_every_forked_process(
     import tempfile
     import time
 
-    from pytest_perfreplay.replay.valgrind import CountError, count_calls
+    from pytest_perfreplay.replay.valgrind import CountError
 
     capture_traffic(pytester)
-    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("svc-napper*/*.prsnap")
     scratch = pytester.path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
@@ -409,15 +428,7 @@ def test_a_count_over_its_timeout_is_killed_with_every_forked_process(
     started = time.monotonic()
     with pytest.raises(CountError, match=r"ran over 8 s and was killed; raise --perf-replay-max"):
         # 1000 calls of a 30 ms nap per process: minutes, far over the timeout
-        count_calls(
-            path,
-            "svc:napper",
-            store=pytester.path / ".perfreplay",
-            import_roots=[str(pytester.path)],
-            warmup=1,
-            calls=1000,
-            timeout=8,
-        )
+        count_here(pytester, "svc-napper*/*.prsnap", "svc:napper", warmup=1, calls=1000, timeout=8)
     assert time.monotonic() - started < 60
     left = subprocess.run(
         ["pgrep", "-f", str(scratch)], capture_output=True, text=True, check=False
@@ -453,21 +464,13 @@ def test_processes_in_other_heap_states_count_identical_code_the_same(
     counted processes sit a third of a pool apart, and the verdict follows the median
     pair, so identical code is never a change."""
     from pytest_perfreplay.replay.deterministic import deterministic_verdict
-    from pytest_perfreplay.replay.valgrind import count_calls
 
     capture_traffic(pytester, "import heapy\nheapy.spin(20_000)\n", heapy=HEAPY)
-    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("heapy-spin*/*.prsnap")
 
     def count(held: int) -> Any:
         monkeypatch.setenv("HELD", str(held))
-        return count_calls(
-            path,
-            "heapy:spin",
-            store=pytester.path / ".perfreplay",
-            import_roots=[str(pytester.path)],
-            processes=3,
-            warmup=10,
-            calls=2,
+        return count_here(
+            pytester, "heapy-spin*/*.prsnap", "heapy:spin", processes=3, warmup=10, calls=2
         )
 
     base = count(0)
@@ -499,20 +502,12 @@ async def fetch(n):
 def test_an_async_target_is_counted_on_an_event_loop(
     pytester: pytest.Pytester, real_valgrind: str
 ) -> None:
-    from pytest_perfreplay.replay.valgrind import count_calls
 
     capture_traffic(
         pytester, "import asyncio, asvc\nasyncio.run(asvc.fetch(5000))\n", asvc=ASYNC_SERVICE
     )
-    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("asvc-fetch*/*.prsnap")
-    counted = count_calls(
-        path,
-        "asvc:fetch",
-        store=pytester.path / ".perfreplay",
-        import_roots=[str(pytester.path)],
-        processes=3,
-        warmup=5,
-        calls=2,
+    counted = count_here(
+        pytester, "asvc-fetch*/*.prsnap", "asvc:fetch", processes=3, warmup=5, calls=2
     )
     # 5000 squares summed through a generator: well over 100 instructions each. A call
     # that only built the coroutine and never ran it would count a few hundred in all.
