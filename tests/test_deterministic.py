@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from pytest_perfreplay.replay.deterministic import (
 from pytest_perfreplay.replay.paired import PairedVerdict
 from pytest_perfreplay.replay.valgrind import (
     CYCLES_FORMULA,
+    MIN_WARMUP,
     CountError,
     CountResult,
     bracket_available,
@@ -214,10 +216,10 @@ def test_plan_and_the_too_long_refusal() -> None:
     short = plan(0.001, 0.0001, processes=3, method="difference")
     assert short.warmup == 10 and short.calls == 2  # quickening needs ~8 executions
     long = plan(0.2, 0.001, processes=3, method="difference")
-    assert long.warmup == 2 and long.calls == 1
+    assert long.warmup == MIN_WARMUP and long.calls == 1
     estimate = long.estimate("instructions", startup=0.0, jobs=2)
-    # two warm-up calls, then three counted ones on two cores, all at cachegrind's ~17x
-    assert estimate > (2 + 3 / 2) * 0.2 * 17
+    # eight warm-up calls, then three counted ones on two cores, all at cachegrind's ~17x
+    assert estimate > (8 + 3 / 2) * 0.2 * 17
     assert long.estimate("cycles", startup=0.0, jobs=2) > estimate
     message = too_long(estimate, 10, "3 processes")
     assert message is not None
@@ -358,26 +360,42 @@ def test_a_call_below_the_process_noise_is_said_to_be_uncountable() -> None:
     assert countable(count(BASE))
 
 
-def test_short_calls_are_bracketed_and_long_ones_differenced_whichever_costs_less() -> None:
-    # Forked processes carry no start-up noise: a couple of calls, one for long ones.
+def test_every_count_is_warmed_up_past_quickening_whatever_the_call_length() -> None:
+    # 3.11 quickens a code object on its 8th entry: code entered once per call runs
+    # unquickened in calls 1-7 however long the call (a long call once got 2 warm-ups).
+    for seconds in (1e-5, 1e-3, 0.005, 0.02, 0.1, 1.0, 30.0):
+        for method in ("bracket", "difference"):
+            assert plan(seconds, 0.0, processes=3, method=method).warmup >= MIN_WARMUP >= 8
+    assert plan(1e-3, 0.0, processes=3).warmup == 10  # short calls fill 50 ms of warm-up
+
+
+def test_the_planner_takes_the_method_its_estimate_says_costs_less() -> None:
+    # Forked processes carry no start-up noise: a couple of calls, one from 5 ms on.
     short = plan(0.001, 0.0001, processes=3, method="bracket")
     assert short.method == "bracket" and short.warmup == 10 and short.calls == 2
+    assert plan(0.005, 0.0, processes=3, method="bracket").calls == 1
     assert plan(0.2, 0.001, processes=3, method="bracket").calls == 1
-    diff = plan(0.001, 0.0001, processes=3, method="difference")
-    # a short call: callgrind's uninstrumented start-up and warm-up beat cachegrind's
-    assert short.estimate("instructions", jobs=2) < diff.estimate("instructions", jobs=2)
-    # a long one: cachegrind's cheaper instrumented calls win
-    long_bracket = plan(0.02, 0.0001, processes=3, method="bracket")
-    long_diff = plan(0.02, 0.0001, processes=3, method="difference")
-    assert long_diff.estimate("instructions", jobs=2) < long_bracket.estimate(
-        "instructions", jobs=2
-    )
+    jobs = os.cpu_count() or 1
+    for seconds in (0.001, 0.01, 0.02, 0.1, 0.2, 1.0):
+        both = {
+            m: plan(seconds, 0.0, processes=3, method=m).estimate("instructions", jobs=jobs)
+            for m in ("bracket", "difference")
+        }
+        chosen = plan(seconds, 0.0, processes=3).method
+        if not bracket_available():
+            assert chosen == "difference"
+        else:
+            assert both[chosen] == min(both.values()), (seconds, chosen, both)
+    # callgrind's uninstrumented start-up and warm-up win for short and ~10 ms calls;
+    # cachegrind's cheaper instrumented calls for long ones
+    assert plan(0.001, 0.0, processes=3, method="bracket").estimate("instructions", jobs=2) < plan(
+        0.001, 0.0, processes=3, method="difference"
+    ).estimate("instructions", jobs=2)
+    assert plan(1.0, 0.0, processes=3, method="difference").estimate("instructions", jobs=2) < plan(
+        1.0, 0.0, processes=3, method="bracket"
+    ).estimate("instructions", jobs=2)
     # cycles simulate caches: dearer than instructions under either method
     assert short.estimate("cycles", jobs=2) > short.estimate("instructions", jobs=2)
-    assert plan(0.001, 0.0, processes=3).method == (
-        "bracket" if bracket_available() else "difference"
-    )
-    assert plan(0.02, 0.0, processes=3).method == "difference"
 
 
 def test_client_requests_are_no_ops_outside_valgrind() -> None:

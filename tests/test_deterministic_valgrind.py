@@ -485,6 +485,75 @@ def test_processes_in_other_heap_states_count_identical_code_the_same(
         assert v.low <= 1.0 <= v.high, seen
 
 
+#: 400 functions, each entered once per call, straight-line code: 3.11 quickens each one
+#: on its 8th entry, so their calls run unquickened in calls 1-7 however long the call is.
+ONCE_PER_CALL = (
+    """
+from pytest_perfreplay import capture
+
+SCALE = 3
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x = x
+        self.y = y
+"""
+    + "".join(
+        f"""
+
+def f{i}(p, q):
+    a = p.x * SCALE + q.y
+    b = p.y - q.x * SCALE
+    return len((a, b, p.x, q.y)) + a - b
+"""
+        for i in range(400)
+    )
+    + """
+
+FUNCS = [globals()[f"f{i}"] for i in range(400)]
+
+
+@capture
+def run(p, q):
+    total = 0
+    for f in FUNCS:
+        total += f(p, q)
+    return total
+"""
+)
+
+
+@pytest.mark.valgrind
+def test_a_long_call_is_counted_warm_with_code_entered_once_per_call_quickened(
+    pytester: pytest.Pytester, real_valgrind: str
+) -> None:
+    """The planner once gave a call of 50 ms or more 2 warm-up calls ("its loops quicken
+    within the first call"); code entered once per call was then counted unquickened."""
+    from pytest_perfreplay.replay.deterministic import deterministic_verdict
+    from pytest_perfreplay.replay.valgrind import plan
+
+    capture_traffic(
+        pytester, "import once\nonce.run(once.Point(3, 4), once.Point(5, 6))\n", once=ONCE_PER_CALL
+    )
+
+    def count(warmup: int) -> Any:
+        return count_here(
+            pytester, "once-run*/*.prsnap", "once:run", processes=3, warmup=warmup, calls=2
+        )
+
+    steady = count(20)
+    cold = count(2)
+    # the effect is real here: after 2 warm-up calls the same call counts far more
+    v_cold = deterministic_verdict(steady, cold, rev="20 warm-up calls", sha="")
+    assert v_cold.significant and v_cold.ratio > 1.05, (steady.per_process, cold.per_process)
+    for seconds in (0.1, 1.0):  # what the planner gives calls of 100 ms and 1 s
+        planned = count(plan(seconds, 0.0, processes=3).warmup)
+        v = deterministic_verdict(steady, planned, rev="20 warm-up calls", sha="")
+        seen = (seconds, planned.warmup, steady.per_process, planned.per_process)
+        assert not v.significant and v.low <= 1.0 <= v.high, seen
+
+
 ASYNC_SERVICE = """
 import asyncio
 

@@ -6,8 +6,9 @@ instructions a call executes does not, once the process is made reproducible:
 * ``PYTHONHASHSEED=0`` (a random seed alone spreads counts by ~0.5%);
 * ASLR off with ``setarch -R`` where it exists;
 * pymalloc kept (``PYTHONMALLOC=malloc`` adds ~20% and makes counts bimodal);
-* warm-up calls first: the 3.11 specializing interpreter quickens a code object after
-  about eight executions, and each quickening changes the count.
+* warm-up calls first, at least :data:`MIN_WARMUP` whatever the call's length: the 3.11
+  specializing interpreter quickens a code object on its 8th entry, and code entered
+  once per call stays unquickened until then.
 
 valgrind counts a whole process, start-up included (hundreds of millions of instructions
 against ~20M for a 1 ms call). One valgrind process per side starts the interpreter,
@@ -15,14 +16,14 @@ loads the snapshot and makes the warm-up calls once, then forks the counted proc
 (:mod:`.counting`), which differ in heap state on purpose: the spread over them shows how
 much the count depends on it. Two methods keep start-up out of the figure:
 
-* ``bracket`` (x86-64 Linux, calls under :data:`BRACKET_MAX_CALL`): callgrind with
-  instrumentation off, so start-up and warm-up run at about 10x native. Client requests
+* ``bracket`` (x86-64 Linux): callgrind with instrumentation off, so start-up and
+  warm-up run at about 10x native. Client requests
   (:mod:`.clientreq`) switch it on in each child and collect only between a toggle before
   and after each counted call; a second dump of the same loop around a no-op gives the
   toggles' own cost, which is subtracted.
-* ``difference`` (longer calls, or no client requests): cachegrind, about 17x native
-  instrumented against callgrind's 80-90x, so it wins once the counted calls outweigh
-  its dearer start-up and warm-up. Each child index forks a reference, a counted and a
+* ``difference`` (no client requests, or calls long enough that callgrind's dearer
+  counted calls outweigh its cheaper start-up and warm-up: :func:`plan` compares the two
+  estimates): cachegrind, about 17x native instrumented against callgrind's 80-90x. Each child index forks a reference, a counted and a
   second reference process; counted minus the references' mean, divided by the calls, is
   the per-call count (what the parent ran before the forks cancels out).
 
@@ -94,15 +95,16 @@ PREWARM_SECONDS = 0.3
 #: carry no start-up noise, so a few calls average out what little the heap's state
 #: moves a call's count.
 COUNTED_NATIVE_SECONDS = 0.002
-#: Calls longer than this are counted once per process.
-ONE_CALL_SECONDS = 0.05
-#: Calls from this long on are counted by cachegrind differencing (see the module
-#: docstring): with 3 processes on 2 cores, callgrind's dearer instrumented calls cost
-#: more than cachegrind's dearer start-up and warm-up from about here on.
-BRACKET_MAX_CALL = 0.005
-#: Warm-up calls: enough for the outer code object to be quickened (about 8 executions on
-#: 3.11) when calls are short; at least two when they are long (their own loops quicken
-#: within the first call).
+#: Calls longer than this are counted once per process (each process sits at its own
+#: place in the allocator's pools, so more calls per process add little).
+ONE_CALL_SECONDS = 0.005
+#: Warm-up calls, whatever a call's length: 3.11 quickens a code object on its 8th entry
+#: (sooner when it loops), so code entered once per call runs unquickened in calls 1-7.
+#: Measured on a pprint/textwrap/difflib call of 18.6 ms: counted after 6 warm-up calls,
+#: 3.5% more instructions than after 7, 8, 9, 10, 20 or 60, which agree within 0.1%.
+#: One more than the 7 that needed, for headroom.
+MIN_WARMUP = 8
+#: Short calls get up to this many, filling WARMUP_NATIVE_SECONDS.
 WARMUP_NATIVE_SECONDS = 0.05
 MAX_WARMUP = 10
 MAX_CALLS = 10_000
@@ -247,13 +249,24 @@ def plan(
 ) -> Plan:
     """Choose the method, warm-up and counted calls from the native time of one call."""
     per = max(native_call, 1e-7)
-    if method is None:
-        method = "bracket" if bracket_available() and per < BRACKET_MAX_CALL else "difference"
     if warmup is None:
-        warmup = max(2, min(MAX_WARMUP, math.ceil(WARMUP_NATIVE_SECONDS / per)))
+        warmup = max(MIN_WARMUP, min(MAX_WARMUP, math.ceil(WARMUP_NATIVE_SECONDS / per)))
     if calls is None:
         few = 1 if per >= ONE_CALL_SECONDS else 2
         calls = max(few, min(MAX_CALLS, math.ceil(COUNTED_NATIVE_SECONDS / per)))
+    if method is None:
+        # Whichever the estimate says costs less: callgrind runs start-up and warm-up
+        # uninstrumented but its counted calls at ~80x, cachegrind everything at ~17x.
+        method = "difference"
+        if bracket_available():
+            jobs = os.cpu_count() or 1
+            costs = {
+                m: Plan(warmup, calls, processes, native_call, native_args, m).estimate(
+                    "instructions", jobs=jobs
+                )
+                for m in ("bracket", "difference")
+            }
+            method = "bracket" if costs["bracket"] <= costs["difference"] else "difference"
     return Plan(warmup, calls, processes, native_call, native_args, method)
 
 
