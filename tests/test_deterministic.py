@@ -321,6 +321,53 @@ def test_history_table_keeps_counts_and_times_apart() -> None:
     assert aa_pairs(entries) == []  # a count and a time never make an A/A pair
 
 
+def test_both_sides_of_a_pair_are_counted_at_once() -> None:
+    import threading
+
+    from pytest_perfreplay.replay.deterministic import count_both_sides
+
+    both_running = threading.Barrier(2, timeout=30)  # one side alone would time out
+
+    def side(import_roots: list[str], cancel: threading.Event) -> CountResult:
+        both_running.wait()
+        return count(BASE if import_roots else [x * 1.05 for x in BASE])
+
+    baseline, candidate = count_both_sides(side, ["/base"], baseline_label="counting HEAD")
+    assert baseline.per_process == tuple(BASE) and candidate.estimate > baseline.estimate
+
+
+def test_a_failing_side_stops_the_other_and_is_the_error_reported() -> None:
+    import threading
+
+    from pytest_perfreplay.replay.deterministic import count_both_sides
+    from pytest_perfreplay.replay.valgrind import CountCancelled, CountError
+
+    stopped: list[bool] = []
+
+    def side(import_roots: list[str], cancel: threading.Event) -> CountResult:
+        if import_roots:
+            raise CountError("the counting process failed (exit 1) for svc:work")
+        stopped.append(cancel.wait(30))  # a long count, until told to stop
+        raise CountCancelled("stopped")
+
+    with pytest.raises(CountError) as info:
+        count_both_sides(side, ["/base"], baseline_label="counting HEAD (abc)")
+    assert (
+        str(info.value) == "counting HEAD (abc): the counting process failed (exit 1) for svc:work"
+    )
+    assert stopped == [True]
+
+    def candidate_fails(import_roots: list[str], cancel: threading.Event) -> CountResult:
+        if not import_roots:
+            raise CountError("the counting process failed (exit 1) for svc:work")
+        stopped.append(cancel.wait(30))
+        raise CountCancelled("stopped")
+
+    with pytest.raises(CountError, match=r"^the counting process failed"):
+        count_both_sides(candidate_fails, ["/base"], baseline_label="counting HEAD (abc)")
+    assert stopped == [True, True]
+
+
 def test_count_pair_counts_both_sides_alike_with_the_baseline_root_first() -> None:
     from pytest_perfreplay.replay.deterministic import count_pair
 
@@ -343,7 +390,7 @@ def test_count_pair_counts_both_sides_alike_with_the_baseline_root_first() -> No
         processes=3,
         import_roots=["ignored"],
     )
-    assert [c[1]["import_roots"] for c in calls] == [["/tmp/base-tree"], []]
+    assert sorted(c[1]["import_roots"] for c in calls) == [[], ["/tmp/base-tree"]]
     assert all(c[1]["processes"] == 3 and c[1]["store"] == ".perfreplay" for c in calls)
     assert v.line() == "1.8% fewer instructions than HEAD (deterministic)"
     assert baseline.per_process == tuple(BASE) and candidate.estimate < baseline.estimate

@@ -436,6 +436,52 @@ def test_a_count_over_its_timeout_is_killed_with_every_forked_process(
     assert left == [], f"counting processes left running: {left}"
 
 
+@pytest.mark.valgrind
+def test_when_one_side_of_a_pair_fails_the_other_sides_processes_are_killed(
+    pytester: pytest.Pytester, real_valgrind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sides of a pair are counted at once: a baseline that fails at once must not
+    leave the candidate's valgrind processes counting (minutes here) behind it."""
+    import tempfile
+    import time
+
+    from pytest_perfreplay.replay.deterministic import count_both_sides
+    from pytest_perfreplay.replay.valgrind import CountError, count_calls
+
+    capture_traffic(pytester)
+    scratch = pytester.path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("svc-napper*/*.prsnap")
+    broken = pytester.path / "broken"
+    broken.mkdir()
+    (broken / "svc.py").write_text("raise ImportError('the baseline tree is broken')\n")
+
+    def count(**side: Any) -> Any:
+        roots = side.pop("import_roots") or [str(pytester.path)]
+        # 1000 calls of a 30 ms nap per process: minutes, unless it is stopped
+        return count_calls(
+            path,
+            "svc:napper",
+            store=pytester.path / ".perfreplay",
+            import_roots=roots,
+            warmup=1,
+            calls=1000,
+            timeout=600,
+            **side,
+        )
+
+    started = time.monotonic()
+    with pytest.raises(CountError, match=r"(?s)counting HEAD: .*the baseline tree is broken"):
+        count_both_sides(count, [str(broken)], baseline_label="counting HEAD")
+    assert time.monotonic() - started < 120
+    left = subprocess.run(
+        ["pgrep", "-f", str(scratch)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert left == [], f"counting processes left running: {left}"
+
+
 HEAPY = """
 import os
 

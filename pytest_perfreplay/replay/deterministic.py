@@ -11,6 +11,7 @@ import contextlib
 import math
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -198,19 +199,72 @@ def count_pair(
     The baseline differs only by its import root (a checkout of ``rev``, first on
     ``sys.path``); everything else in ``count_options`` (store, mode, processes, warmup,
     calls, gc, ...) is the same for both sides, so their processes pair up one to one.
-    Counts are not disturbed by load, so the sides need no interleaving.
+    Counts are not disturbed by load, so the sides are counted at once
+    (:func:`count_both_sides`).
     """
     if counter is None:
         from .valgrind import count_calls
 
         counter = count_calls
     options = {k: v for k, v in count_options.items() if k != "import_roots"}
-    baseline = counter(snapshot_path, target, import_roots=[str(baseline_root)], **options)
-    candidate = counter(snapshot_path, target, import_roots=[], **options)
+    baseline, candidate = count_both_sides(
+        lambda **more: counter(snapshot_path, target, **options, **more),
+        [str(baseline_root)],
+        baseline_label=f"counting {rev}",
+    )
     verdict = deterministic_verdict(
         baseline, candidate, rev=rev, sha=sha, min_effect=min_effect, confidence=confidence
     )
     return baseline, candidate, verdict
+
+
+def count_both_sides(
+    count: Callable[..., CountResult],
+    baseline_roots: Sequence[str],
+    *,
+    baseline_label: str,
+) -> tuple[CountResult, CountResult]:
+    """(baseline, candidate): both counted at once, one thread each.
+
+    ``count(import_roots=..., cancel=...)`` counts one side. A count does not move with
+    the machine's load (beside a CPU hog it was the same to the digit), and each side's
+    valgrind process runs its start-up and warm-up on one core, so on two cores a pair
+    costs little more than one side. When one side fails, or the run is interrupted, the
+    other side's processes are killed: nobody waits for a count that cannot be used.
+    A baseline failure is prefixed with ``baseline_label``.
+    """
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    from .valgrind import CountCancelled, CountError
+
+    cancel = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="perfreplay-count")
+    try:
+        base = pool.submit(count, import_roots=list(baseline_roots), cancel=cancel)
+        cand = pool.submit(count, import_roots=[], cancel=cancel)
+        done, _ = wait([base, cand], return_when=FIRST_EXCEPTION)
+        if any(f.exception() is not None for f in done):
+            cancel.set()
+        wait([base, cand])
+    except BaseException:
+        cancel.set()  # Ctrl-C: the counts' processes run in sessions of their own
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    # the side that failed first on its own, not the one stopped because of it
+    errors = [
+        (label, f.exception())
+        for label, f in ((baseline_label, base), (None, cand))
+        if f.exception() is not None
+    ]
+    errors.sort(key=lambda e: isinstance(e[1], CountCancelled))
+    if errors:
+        label, exc = errors[0]
+        if label is not None and isinstance(exc, CountError):
+            raise CountError(f"{label}: {exc}") from exc
+        assert exc is not None
+        raise exc
+    return base.result(), cand.result()
 
 
 def gate_failure(verdict: PairedVerdict, fail_slower: float | None) -> str | None:
@@ -378,13 +432,15 @@ def count_item(
     processes = max(3, cfg.processes)
     p = plan(plain.wall_median, plain.unpickle, processes=processes)
     budget = cfg.max_time if cfg.max_time_explicit else DEFAULT_BUDGET
-    estimate = p.estimate(mode, jobs=_cpus())
+    paired = state.baseline is not None
+    # both sides of a pair are counted at once: each has half the cores for its processes
+    estimate = p.estimate(mode, jobs=max(1, _cpus() // 2) if paired else _cpus())
     refusal = too_long(
         estimate,
         budget,
         f"{processes} processes forked after {p.warmup} warm-up calls, {p.calls} counted "
         f"calls each of {plain.wall_median * 1e3:.3g} ms, {slowdown_text(mode, p.method)} "
-        "under valgrind",
+        "under valgrind" + (", baseline and candidate counted at once" if paired else ""),
         mode,
     )
     if refusal:
@@ -403,14 +459,32 @@ def count_item(
         valgrind=vg,
         method=p.method,
     )
+    path = snapshot.path
+    baseline_roots = _baseline_roots(state, outcome, target)
     try:
-        result = count_calls(snapshot.path, target, **count_options)
+        if baseline_roots is None:
+            result = count_calls(path, target, **count_options)
+        else:
+            assert state.baseline is not None
+            counted, result = count_both_sides(
+                lambda **side: count_calls(path, target, **count_options, **side),
+                baseline_roots,
+                baseline_label=f"counting {state.baseline.rev} ({state.baseline.sha[:12]})",
+            )
     except CountError as exc:
         raise ReplayFailure(str(exc)) from None
 
     outcome.measure_lines.extend(count_lines(result, plain))
-    if state.baseline is not None:
-        outcome.paired = _count_baseline(state, outcome, snapshot, target, result, count_options)
+    if baseline_roots is not None:
+        assert state.baseline is not None
+        outcome.paired = deterministic_verdict(
+            counted,
+            result,
+            rev=state.baseline.rev,
+            sha=state.baseline.sha,
+            min_effect=cfg.min_effect / 100,
+            confidence=cfg.confidence,
+        )
     _report_to_benchmark(benchmark, result, plain, outcome)
 
     ledger = Ledger.for_snapshot(state.store.history_dir, target, snapshot.id)
@@ -464,22 +538,16 @@ def count_item(
     return result
 
 
-def _count_baseline(
-    state: ReplaySession,
-    outcome: ItemOutcome,
-    snapshot: Snapshot,
-    target: str,
-    candidate: CountResult,
-    count_options: dict[str, Any],
-) -> DeterministicVerdict | None:
-    """``--perf-replay-baseline`` in a count mode: count the baseline tree the same way
-    (same processes, warm-up, calls and seeds; only the import roots differ) and judge."""
+def _baseline_roots(state: ReplaySession, outcome: ItemOutcome, target: str) -> list[str] | None:
+    """``--perf-replay-baseline`` in a count mode: the import roots of the baseline tree,
+    counted the same way as today's code (same processes, warm-up, calls and seeds; only
+    the roots differ). None without a baseline, or when the target is new at it."""
     from .baseline import BaselineError, extension_refusal, roots_for
     from .session import ReplayFailure
-    from .valgrind import CountError, count_calls
 
     baseline = state.baseline
-    assert baseline is not None and snapshot.path is not None
+    if baseline is None:
+        return None
     try:
         roots = roots_for(baseline, target.partition(":")[0], sys.path)
     except BaselineError as exc:
@@ -493,20 +561,7 @@ def _count_baseline(
     refusal = extension_refusal(roots, baseline)
     if refusal:
         raise ReplayFailure(f"perfreplay {refusal}")
-    try:
-        counted = count_calls(
-            snapshot.path, target, import_roots=list(roots.baseline_path), **count_options
-        )
-    except CountError as exc:
-        raise ReplayFailure(f"counting {baseline.rev} ({baseline.sha[:12]}): {exc}") from None
-    return deterministic_verdict(
-        counted,
-        candidate,
-        rev=baseline.rev,
-        sha=baseline.sha,
-        min_effect=state.config.min_effect / 100,
-        confidence=state.config.confidence,
-    )
+    return list(roots.baseline_path)
 
 
 def _profile(

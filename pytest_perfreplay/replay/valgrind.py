@@ -23,9 +23,10 @@ much the count depends on it. Two methods keep start-up out of the figure:
   toggles' own cost, which is subtracted.
 * ``difference`` (no client requests, or calls long enough that callgrind's dearer
   counted calls outweigh its cheaper start-up and warm-up: :func:`plan` compares the two
-  estimates): cachegrind, about 17x native instrumented against callgrind's 80-90x. Each child index forks a reference, a counted and a
-  second reference process; counted minus the references' mean, divided by the calls, is
-  the per-call count (what the parent ran before the forks cancels out).
+  estimates): cachegrind, about 17x native instrumented against callgrind's 80-90x.
+  Each child index forks a reference, a counted and a second reference process; counted
+  minus the references' mean, divided by the calls, is the per-call count (what the
+  parent ran before the forks cancels out).
 
 ``count_calls`` is the whole parent side; it knows nothing of pytest, so a paired runner
 can call it for a baseline tree (an extra import root) and for today's code alike.
@@ -44,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +114,10 @@ MAX_CALLS = 10_000
 
 class CountError(PerfReplayError):
     """Counting could not run, or a counting process failed; the message says what to do."""
+
+
+class CountCancelled(CountError):
+    """The count was stopped from outside (the other side of a pair failed, or Ctrl-C)."""
 
 
 # -- preflight ----------------------------------------------------------------------------
@@ -470,9 +476,11 @@ def run_under(
     workdir: Path,
     timeout: float,
     name: str = "count",
+    cancel: threading.Event | None = None,
 ) -> Path:
     """Run one counting process (and the processes it forks) under valgrind; return its
-    log file (for errors). On a timeout the whole process group is killed."""
+    log file (for errors). On a timeout, an exception or ``cancel`` (set from another
+    thread) the whole process group is killed."""
     job_file = workdir / f"job-{name}.json"
     job_file.write_text(job.to_json())
     log = workdir / f"valgrind-{name}.log"
@@ -498,7 +506,7 @@ def run_under(
             start_new_session=True,  # its forked children go with it on a timeout
         )
         try:
-            proc.wait(timeout=timeout)
+            _wait_or_cancel(proc, timeout, cancel)
         except BaseException as exc:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -516,6 +524,27 @@ def run_under(
             + (f":\n{tail}" if tail else "")
         )
     return log
+
+
+def _wait_or_cancel(
+    proc: subprocess.Popen[bytes], timeout: float, cancel: threading.Event | None
+) -> None:
+    """``proc.wait(timeout)``, raising CountCancelled soon after ``cancel`` is set."""
+    if cancel is None:
+        proc.wait(timeout=timeout)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        if cancel.is_set():
+            raise CountCancelled("stopped: the other side's count failed, or the run stopped")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        try:
+            proc.wait(timeout=min(0.1, left))
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _tail(path: Path, lines: int = 8) -> str:
@@ -554,12 +583,24 @@ def cycles(events: Mapping[str, float]) -> float:
 
 
 def _children(
-    vg: Valgrind, mode: str, job: CountJob, workdir: Path, timeout: float
+    vg: Valgrind,
+    mode: str,
+    job: CountJob,
+    workdir: Path,
+    timeout: float,
+    cancel: threading.Event | None = None,
 ) -> list[dict[str, float]]:
     """Per-call events of each forked process of one counting run."""
     bracket = job.method == "bracket"
     out = workdir / ("callgrind.%p.out" if bracket else "cachegrind.%p.out")
-    run_under(vg, _tool_args(mode, str(out), job.method), job, workdir=workdir, timeout=timeout)
+    run_under(
+        vg,
+        _tool_args(mode, str(out), job.method),
+        job,
+        workdir=workdir,
+        timeout=timeout,
+        cancel=cancel,
+    )
     assert job.manifest is not None
     listed = json.loads(Path(job.manifest).read_text())
 
@@ -603,13 +644,15 @@ def count_calls(
     timeout: float = 3600.0,
     valgrind: Valgrind | None = None,
     method: Method | None = None,
+    cancel: threading.Event | None = None,
 ) -> CountResult:
     """Count the per-call instructions (or estimated cycles) of ``target`` on a snapshot.
 
     ``import_roots`` go first on the counting processes' ``sys.path``: a paired runner
     passes a baseline tree there and nothing for today's code. ``method`` defaults to
     ``bracket`` where client requests work, else ``difference`` (:func:`plan` also
-    weighs the call's length).
+    weighs the call's length). Setting ``cancel`` from another thread kills the count's
+    processes and raises CountCancelled.
     """
     if mode not in MODES:
         raise CountError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -637,7 +680,7 @@ def count_calls(
         workdir = Path(tmp)
         job = CountJob(**{**base.__dict__, "manifest": str(workdir / "children.json")})
         prewarm(job, pycache=job.pycache, workdir=workdir, timeout=timeout)
-        per_events = _children(vg, mode, job, workdir, timeout)
+        per_events = _children(vg, mode, job, workdir, timeout, cancel)
     elapsed = time.perf_counter() - started
     first = per_events[0]
     values = [cycles(e) if mode == "cycles" else e["Ir"] for e in per_events]
