@@ -24,8 +24,13 @@ Measured per workload:
   a pool;
 * **cost**: wall seconds of one count (one side) against the native call time, and the
   issue's goal of 30x the native call plus 3 s;
+* **cost of a pair**: wall seconds of a paired count of identical code (the baseline in
+  another folder), both sides at once as ``--perf-replay-baseline`` counts them, halved:
+  the cost per side when a pair is counted;
 * **under load**: the ~1 ms workload counted beside a CPU hog (2 s busy, 1.3 s idle, on
-  one core), against a count without it (measured first).
+  one core), against a count without it (measured first);
+* **warm-up**: a library call (pprint, textwrap, difflib; many functions entered once per
+  call) counted after W warm-up calls, against after 20: the planner's W must agree.
 
 Usage: ``python benchmarks/instructions.py [--quick] [--sessions S] [--tries T]``.
 Results are printed as each part finishes, so a long run can be read while it goes.
@@ -40,10 +45,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from pytest_perfreplay.replay.deterministic import deterministic_verdict
+from pytest_perfreplay.replay.deterministic import count_both_sides, deterministic_verdict
 from pytest_perfreplay.replay.valgrind import (
     CountResult,
     Method,
@@ -53,6 +59,10 @@ from pytest_perfreplay.replay.valgrind import (
 )
 
 WORK = """
+import difflib
+import pprint
+import textwrap
+
 from pytest_perfreplay import capture
 
 EXTRA = {extra!r}  # share of extra work: the "code change"
@@ -78,6 +88,13 @@ def w10ms(n):
 @capture
 def w100ms(n):
     return _spin(n + int(n * EXTRA))
+
+
+@capture
+def wreal(data, a, b):  # library code: many functions entered once per call
+    text = pprint.pformat(data, width=60)
+    wrapped = textwrap.fill(text[:20000], width=50)
+    return len(wrapped), difflib.SequenceMatcher(None, a, b).ratio()
 """
 
 TRAFFIC = """
@@ -85,6 +102,15 @@ import work
 work.w1ms({n1})
 work.w10ms({n10})
 work.w100ms({n100})
+work.wreal(*work_real_args())
+"""
+
+REAL_ARGS = """
+def work_real_args():
+    data = dict(("k%d" % i, [list(range(i % 17)), "x" * (i % 13), (i, str(i))]) for i in range(400))
+    a = ["line %d" % (i % 37) for i in range(300)]
+    b = ["line %d" % (i % 41) for i in range(300)]
+    return data, a, b
 """
 
 HOG = """
@@ -131,7 +157,8 @@ def tree(root: Path, extra: float, folder: str | None = None) -> Path:
 
 def capture_snapshots(root: Path, n: dict[str, int]) -> dict[str, Path]:
     base = tree(root, 0.0)
-    (base / "traffic.py").write_text(TRAFFIC.format(n1=n["w1ms"], n10=n["w10ms"], n100=n["w100ms"]))
+    traffic = TRAFFIC.format(n1=n["w1ms"], n10=n["w10ms"], n100=n["w100ms"])
+    (base / "traffic.py").write_text(REAL_ARGS + traffic)
     env = dict(os.environ, PERFREPLAY_CAPTURE="1", PERFREPLAY_STORE=str(root / "store"))
     env["PYTHONPATH"] = str(base)
     subprocess.run([sys.executable, "traffic.py"], cwd=base, env=env, check=True, timeout=300)
@@ -163,6 +190,25 @@ def native(n: int, repeat: int = 7) -> float:
     return min(times)
 
 
+def native_real(repeat: int = 7) -> float:
+    """CPU seconds of one plain call of ``wreal``, the fastest of a few."""
+    import difflib
+    import pprint
+    import textwrap
+
+    scope: dict[str, object] = {}
+    exec(REAL_ARGS, scope)
+    data, a, b = scope["work_real_args"]()  # type: ignore[operator]
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        text = pprint.pformat(data, width=60)
+        textwrap.fill(text[:20000], width=50)
+        difflib.SequenceMatcher(None, a, b).ratio()
+        times.append(time.process_time() - t0)
+    return min(times)
+
+
 class Counter:
     def __init__(self, root: Path, snapshots: dict[str, Path], native: dict[str, float]) -> None:
         self.root = root
@@ -172,7 +218,15 @@ class Counter:
         self.counts = 0
         self.method: Method | None = None  # None: what the plugin would choose here
 
-    def __call__(self, workload: str, extra: float, folder: str | None = None) -> CountResult:
+    def __call__(
+        self,
+        workload: str,
+        extra: float,
+        folder: str | None = None,
+        *,
+        warmup: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CountResult:
         p = plan(self.native[workload], 0.0, processes=3, method=self.method)
         self.counts += 1
         return count_calls(
@@ -181,11 +235,24 @@ class Counter:
             store=self.root / "store",
             import_roots=[str(tree(self.root, extra, folder))],
             processes=3,
-            warmup=p.warmup,
+            warmup=p.warmup if warmup is None else warmup,
             calls=p.calls,
             valgrind=self.vg,
             method=self.method or p.method,
+            cancel=cancel,
         )
+
+    def pair(self, workload: str) -> float:
+        """Wall seconds of a paired count of identical code, both sides at once, as
+        ``--perf-replay-baseline`` counts them (the baseline in another folder)."""
+
+        def side(import_roots: list[str], cancel: threading.Event) -> CountResult:
+            folder = "baseline-pair" if import_roots else None
+            return self(workload, 0.0, folder, cancel=cancel)
+
+        t0 = time.perf_counter()
+        count_both_sides(side, ["baseline"], baseline_label="baseline")
+        return time.perf_counter() - t0
 
 
 def pct(x: float) -> str:
@@ -210,6 +277,7 @@ def main() -> None:
         n = calibrate()
         snapshots = capture_snapshots(root, n)
         natives = {w: native(n[w]) for w in WORKLOADS}
+        natives["wreal"] = native_real()
         count = Counter(root, snapshots, natives)
         vg = count.vg
         say(
@@ -239,6 +307,22 @@ def main() -> None:
             f"instructions per call: difference {pct(abs(busy.estimate / quiet.estimate - 1))}; "
             f"wall {quiet.elapsed:.1f} s vs {busy.elapsed:.1f} s"
         )
+
+        # Is the planner's warm-up enough? Library code enters many functions once per
+        # call, and 3.11 quickens each one only on its 8th entry.
+        say(
+            f"\n## warm-up (wreal: pprint, textwrap and difflib, "
+            f"{natives['wreal'] * 1e3:.1f} ms native): per-call count after W warm-up calls"
+        )
+        steady = count("wreal", 0.0, warmup=20)
+        planned = plan(natives["wreal"], 0.0, processes=3).warmup
+        for w in sorted({2, planned} if args.quick else {2, 6, 7, planned, 10}):
+            r = count("wreal", 0.0, warmup=w)
+            say(
+                f"W={w}{' (the planner)' if w == planned else ''}: {r.estimate:,.0f} "
+                f"instructions per call, {r.estimate / steady.estimate - 1:+.2%} against W=20 "
+                f"({steady.estimate:,.0f}); process spread {pct(r.spread)}"
+            )
         for workload in workloads:
             say(f"\n## {workload}")
             base: list[CountResult] = []
@@ -263,6 +347,15 @@ def main() -> None:
                 f"goal 30x native + 3 s = {goal:.1f} s: "
                 f"{'met' if statistics.median(walls) <= goal else 'NOT met'} "
                 f"({statistics.median(walls) / goal:.1f}x the goal)"
+            )
+            pairs = [count.pair(workload) for _ in range(1 if args.quick else 3)]
+            side = statistics.median(pairs) / 2
+            say(
+                f"cost of a paired count (identical code, both sides at once, as "
+                f"--perf-replay-baseline counts): median {statistics.median(pairs):.1f} s "
+                f"[{min(pairs):.1f}-{max(pairs):.1f}] over {len(pairs)}, {side:.1f} s per side; "
+                f"goal {goal:.1f} s per side: {'met' if side <= goal else 'NOT met'} "
+                f"({side / goal:.1f}x the goal)"
             )
             aa: list[bool] = []
             for a, b in itertools.combinations(base, 2):
