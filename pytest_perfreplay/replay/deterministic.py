@@ -460,28 +460,28 @@ def count_item(
         method=p.method,
     )
     path = snapshot.path
+    baseline = state.baseline
     baseline_roots = _baseline_roots(state, outcome, target)
+    counted: CountResult | None = None  # the baseline's count
     try:
-        if baseline_roots is None:
+        if baseline is None or baseline_roots is None:
             result = count_calls(path, target, **count_options)
         else:
-            assert state.baseline is not None
             counted, result = count_both_sides(
                 lambda **side: count_calls(path, target, **count_options, **side),
                 baseline_roots,
-                baseline_label=f"counting {state.baseline.rev} ({state.baseline.sha[:12]})",
+                baseline_label=f"counting {baseline.rev} ({baseline.sha[:12]})",
             )
     except CountError as exc:
         raise ReplayFailure(str(exc)) from None
 
     outcome.measure_lines.extend(count_lines(result, plain))
-    if baseline_roots is not None:
-        assert state.baseline is not None
+    if baseline is not None and counted is not None:
         outcome.paired = deterministic_verdict(
             counted,
             result,
-            rev=state.baseline.rev,
-            sha=state.baseline.sha,
+            rev=baseline.rev,
+            sha=baseline.sha,
             min_effect=cfg.min_effect / 100,
             confidence=cfg.confidence,
         )
