@@ -482,6 +482,38 @@ def test_when_one_side_of_a_pair_fails_the_other_sides_processes_are_killed(
     assert left == [], f"counting processes left running: {left}"
 
 
+@pytest.mark.valgrind
+def test_the_native_pre_run_fills_the_bytecode_cache_with_a_calls_lazy_imports(
+    pytester: pytest.Pytester, real_valgrind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counting processes only read bytecode (compiling under valgrind costs seconds
+    per process): one native warm-up call must reach the modules a call imports itself."""
+    cache = pytester.path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    lazy_service = (
+        "from pytest_perfreplay import capture\n\n\n"
+        "@capture\n"
+        "def work(n):\n"
+        "    import lazyhelper  # imported by the first call, not at import\n\n"
+        "    return lazyhelper.total(n)\n"
+    )
+    capture_traffic(
+        pytester,
+        "import lazysvc\nlazysvc.work(2000)\n",
+        lazysvc=lazy_service,
+        lazyhelper="def total(n):\n    return sum(i * i for i in range(n))\n",
+    )
+    for pyc in pytester.path.rglob("*.pyc"):
+        pyc.unlink()  # the capture run wrote none where the counting processes look
+    counted = count_here(
+        pytester, "lazysvc-work*/*.prsnap", "lazysvc:work", processes=3, warmup=8, calls=2
+    )
+    assert min(counted.per_process) > 10_000, counted.per_process
+    prefix = cache / "perfreplay" / "pycache"
+    found = {p.name.split(".")[0] for p in prefix.rglob("*.pyc")}
+    assert {"lazysvc", "lazyhelper", "counting"} <= found, sorted(found)[:20]
+
+
 HEAPY = """
 import os
 

@@ -90,7 +90,8 @@ SLOWDOWN: Mapping[str, float] = {
 #: Wall seconds of the counting process's start-up (interpreter, imports, snapshot) under
 #: valgrind on the development machine: instrumented (difference) and not (bracket).
 STARTUP: Mapping[str, float] = {"difference": 3.0, "bracket": 1.5}
-#: The native pre-run that fills the bytecode cache: interpreter start-up and imports.
+#: The native pre-run that fills the bytecode cache: interpreter start-up, imports and
+#: one call.
 PREWARM_SECONDS = 0.3
 
 #: Counted calls add up to at least this much native time: the counts of forked processes
@@ -226,7 +227,7 @@ class Plan:
         and warm-up, then the forked processes, ``jobs`` at a time."""
         start = STARTUP[self.method] if startup is None else startup
         per = self.native_call + self.native_args
-        prewarm = PREWARM_SECONDS + self.warmup * per
+        prewarm = PREWARM_SECONDS + min(self.warmup, 1) * per
         off = SLOWDOWN["uninstrumented"]
         if self.method == "bracket":
             parent = start + off * self.warmup * per
@@ -419,11 +420,13 @@ def bytecode_cache() -> str | None:
 
 def prewarm(job: CountJob, *, pycache: str | None, workdir: Path, timeout: float) -> None:
     """Run the counting job natively once, without counted calls, to fill the bytecode cache
-    with every module it imports (the warm-up calls' lazy imports included)."""
+    with every module it imports (a call's lazy imports included: one warm-up call, not
+    all of them, which for a 100 ms call would be most of a second)."""
     if pycache is None:
         return
     job_file = workdir / "job-prewarm.json"
-    job_file.write_text(CountJob(**{**job.__dict__, "prewarm": True}).to_json())
+    once = min(job.warmup, 1)
+    job_file.write_text(CountJob(**{**job.__dict__, "prewarm": True, "warmup": once}).to_json())
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         # a failure here shows again, with its message, in the counted run
         subprocess.run(
