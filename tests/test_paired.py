@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -452,9 +453,20 @@ def test_profile_both_sides_scaled_by_the_paired_ratio(pytester: pytest.Pytester
     assert list((pytester.path / ".perfreplay" / "profiles" / f"baseline-{sha}").rglob("*.json"))
     same = run(pytester, "--perf-replay-baseline=HEAD", "--perf-replay-profile")
     same.assert_outcomes(passed=1)
-    same.stdout.fnmatch_lines(
-        ["*vs iteration HEAD (*), per call:*", "*no function moved beyond the noise floor*"]
-    )
+    out = same.stdout.str()
+    if "no significant change vs HEAD" in out:
+        same.stdout.fnmatch_lines(
+            ["*vs iteration HEAD (*), per call:*", "*no function moved beyond the noise floor*"]
+        )
+    else:
+        # A false alarm on identical code (a CI run: "1.048x faster [1.011-1.087]"; the
+        # verdict allows about 5% of A/A comparisons that): the diff's scale must still be
+        # the paired ratio, so its movers are the verdict's, not the profiler's noise.
+        verdict = re.search(r"change: ([\d.]+)x (faster|slower) \[", out)
+        scaled = re.search(r"vs iteration HEAD \(.*per call: .*\(([\d.]+)x (faster|slower)\)", out)
+        assert verdict and scaled, out
+        assert scaled.group(2) == verdict.group(2), out
+        assert abs(float(scaled.group(1)) - float(verdict.group(1))) < 0.006, out
 
 
 def test_help_lists_the_paired_flags(pytester: pytest.Pytester) -> None:
