@@ -13,6 +13,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +88,23 @@ def count_here(pytester: pytest.Pytester, snapshots: str, target: str, **options
         import_roots=[str(pytester.path)],
         **options,
     )
+
+
+@contextmanager
+def no_process_left(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Counting scratch goes under one folder; afterwards no process may name it (the
+    forked counting processes carry their job file's path on the command line)."""
+    scratch = pytester.path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    try:
+        yield
+    finally:
+        left = subprocess.run(
+            ["pgrep", "-f", str(scratch)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert left == [], f"counting processes left running: {left}"
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -415,25 +435,19 @@ def test_a_count_over_its_timeout_is_killed_with_every_forked_process(
 ) -> None:
     """The counted processes are forked children of the valgrind process: a timeout must
     take them too, or they would go on counting (and burning a core) after the error."""
-    import tempfile
     import time
 
     from pytest_perfreplay.replay.valgrind import CountError
 
     capture_traffic(pytester)
-    scratch = pytester.path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))
-    monkeypatch.setattr(tempfile, "tempdir", None)
     started = time.monotonic()
-    with pytest.raises(CountError, match=r"ran over 8 s and was killed; raise --perf-replay-max"):
+    with (
+        no_process_left(pytester, monkeypatch),
+        pytest.raises(CountError, match=r"ran over 8 s and was killed; raise --perf-replay-max"),
+    ):
         # 1000 calls of a 30 ms nap per process: minutes, far over the timeout
         count_here(pytester, "svc-napper*/*.prsnap", "svc:napper", warmup=1, calls=1000, timeout=8)
     assert time.monotonic() - started < 60
-    left = subprocess.run(
-        ["pgrep", "-f", str(scratch)], capture_output=True, text=True, check=False
-    ).stdout.split()
-    assert left == [], f"counting processes left running: {left}"
 
 
 @pytest.mark.valgrind
@@ -442,17 +456,12 @@ def test_when_one_side_of_a_pair_fails_the_other_sides_processes_are_killed(
 ) -> None:
     """Both sides of a pair are counted at once: a baseline that fails at once must not
     leave the candidate's valgrind processes counting (minutes here) behind it."""
-    import tempfile
     import time
 
     from pytest_perfreplay.replay.deterministic import count_both_sides
     from pytest_perfreplay.replay.valgrind import CountError, count_calls
 
     capture_traffic(pytester)
-    scratch = pytester.path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))
-    monkeypatch.setattr(tempfile, "tempdir", None)
     (path,) = (pytester.path / ".perfreplay" / "snapshots").glob("svc-napper*/*.prsnap")
     broken = pytester.path / "broken"
     broken.mkdir()
@@ -473,13 +482,12 @@ def test_when_one_side_of_a_pair_fails_the_other_sides_processes_are_killed(
         )
 
     started = time.monotonic()
-    with pytest.raises(CountError, match=r"(?s)counting HEAD: .*the baseline tree is broken"):
+    with (
+        no_process_left(pytester, monkeypatch),
+        pytest.raises(CountError, match=r"(?s)counting HEAD: .*the baseline tree is broken"),
+    ):
         count_both_sides(count, [str(broken)], baseline_label="counting HEAD")
     assert time.monotonic() - started < 120
-    left = subprocess.run(
-        ["pgrep", "-f", str(scratch)], capture_output=True, text=True, check=False
-    ).stdout.split()
-    assert left == [], f"counting processes left running: {left}"
 
 
 @pytest.mark.valgrind
