@@ -17,6 +17,7 @@ from pytest_perfreplay.replay.paired import (
     WAVE_BLOCKS,
     PairedPolicy,
     PairedVerdict,
+    close_pairs,
     run_pairs,
     verdict_of,
 )
@@ -306,3 +307,22 @@ def test_faster_line_reads_as_a_speedup() -> None:
         "change: 2.000x faster [1.923-2.083] vs v1 "
         "(paired, same session, 3 process pairs, 36 pairs), significant"
     )
+
+
+def test_a_waves_workers_are_all_asked_to_quit_before_any_is_awaited() -> None:
+    """Closing one by one made each wait for the one before it to exit."""
+    log: list[str] = []
+
+    class Worker:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def ask_to_quit(self) -> None:
+            log.append(f"quit {self.name}")
+
+        def wait_closed(self) -> None:
+            log.append(f"wait {self.name}")
+
+    a, b, c = Worker("a"), Worker("b"), Worker("c")
+    close_pairs([(a, b), (c, c)])  # type: ignore[list-item]
+    assert log == ["quit a", "quit b", "quit c", "wait a", "wait b", "wait c"]

@@ -126,3 +126,23 @@ def test_worker_failure_is_a_readable_item_failure(pytester: pytest.Pytester) ->
     result = run(pytester, "-k", "fetch", "--perf-replay-processes=2")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*worker process failed*svc*"])
+
+
+def test_a_worker_process_starts_without_numpy() -> None:
+    """Every worker process imports what ``serve`` and ``_worker`` need at start-up; numpy
+    (and scipy) would add ~70 ms to each of the dozens a paired comparison starts."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import pytest_perfreplay.replay.workers\n"
+        "import pytest_perfreplay.replay.call, pytest_perfreplay.snapshot.store\n"
+        "import pytest_perfreplay.capture.decorator\n"
+        "heavy = sorted(m for m in ('numpy', 'scipy') if m in sys.modules)\n"
+        "print(' '.join(heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+    assert out == "", f"a worker's start-up imports {out}"

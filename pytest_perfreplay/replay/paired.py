@@ -405,10 +405,16 @@ class WorkerProcess:
         return self._answer("profile", timeout)
 
     def close(self) -> None:
+        self.ask_to_quit()
+        self.wait_closed()
+
+    def ask_to_quit(self) -> None:
         self._send("quit")
         with contextlib.suppress(Exception):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
+
+    def wait_closed(self) -> None:
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -469,10 +475,15 @@ def start_pairs(
 
 
 def close_pairs(pairs: Sequence[tuple[WorkerProcess, WorkerProcess]]) -> None:
-    for base, cand in pairs:
-        for w in {id(base): base, id(cand): cand}.values():
-            with contextlib.suppress(Exception):
-                w.close()
+    """Ask every worker to quit, then wait for them: they exit side by side (one by one,
+    a wave of 8 took a quarter of a second, between waves that measure for about one)."""
+    workers = list({id(w): w for pair in pairs for w in pair}.values())
+    for w in workers:
+        with contextlib.suppress(Exception):
+            w.ask_to_quit()
+    for w in workers:
+        with contextlib.suppress(Exception):
+            w.wait_closed()
 
 
 def prime_bytecode(pairs: list[tuple[WorkerProcess, WorkerProcess]], calls: int) -> None:

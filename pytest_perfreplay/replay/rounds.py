@@ -8,7 +8,7 @@ the caller applies it inside ``measure`` (and may pass ``before_round=gc.collect
 
 The loop
 --------
-1. **Warmup.** Rounds are taken until :func:`~pytest_perfreplay.stats.detect_warmup` says
+1. **Warmup.** Rounds are taken until :func:`~pytest_perfreplay.replay.warmup.detect_warmup` says
    the timings have settled (at most ``max_warmup`` warmup rounds). The leading rounds it
    flags are kept aside as warmup; the rest already count as measured rounds. At every
    precision check the whole series is looked at again (``detect_warmup(final=True)``): the
@@ -34,9 +34,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-from .stats import ESTIMATORS, Estimator, Interval, detect_warmup, interval
+from .warmup import WARMUP_WINDOW, detect_warmup
+
+if TYPE_CHECKING:
+    from .stats import Interval
 
 __all__ = [
     "STOP_MAX_PROCESSES",
@@ -51,6 +54,11 @@ __all__ = [
     "run_rounds",
 ]
 
+#: How a series of rounds is summed up (see :mod:`.stats`). Defined here, not in ``stats``,
+#: so that worker processes read a policy without importing numpy.
+Estimator = Literal["median", "mean", "min"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+
 GcPolicy = Literal["collect", "disable", "enable"]
 GC_POLICIES: tuple[str, ...] = get_args(GcPolicy)
 
@@ -58,9 +66,6 @@ STOP_TARGET = "target met"
 STOP_MAX_ROUNDS = "max rounds"
 STOP_TIME = "time budget"
 STOP_MAX_PROCESSES = "max processes"
-
-#: Samples per half of the warmup detector's comparison (see ``stats.detect_warmup``).
-WARMUP_WINDOW = 5
 
 
 def _is_int(value: object) -> bool:
@@ -186,6 +191,7 @@ def run_rounds(
     """
     if not (_is_number(progress_every) and progress_every > 0):
         raise ValueError(f"progress_every must be a number of seconds > 0, got {progress_every!r}")
+    from .stats import interval
 
     start = clock()
     last_report = start

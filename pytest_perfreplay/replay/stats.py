@@ -23,10 +23,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from .rounds import ESTIMATORS, Estimator
+from .warmup import detect_warmup
 
 __all__ = [
     "MIN_QUANTILE",
@@ -43,8 +46,6 @@ __all__ = [
     "quantile_interval",
 ]
 
-Estimator = Literal["median", "mean", "min"]
-ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 
 #: Quantile that stands in for the minimum (see the module docstring).
 MIN_QUANTILE = 0.05
@@ -389,58 +390,7 @@ def group_interval(
     )
 
 
-# -- warmup -------------------------------------------------------------------------------
-
-# A robust-sigma multiple that pure noise rarely exceeds, and a relative floor so that
-# timer quantization (MAD of 0) does not turn a 0.1% wobble into "still warming up".
-_WARMUP_SIGMAS = 3.0
-_WARMUP_REL_FLOOR = 0.005
-
-
-def detect_warmup(samples: Sequence[float], *, window: int = 5, final: bool = False) -> int | None:
-    """Number of leading samples that are warmup, or ``None`` while not yet settled.
-
-    * Noise scale ``sigma``: ``1.4826 * median |successive difference| / sqrt(2)`` over the
-      later part of the series (the last ``max(2 * window, n // 2)`` samples). Differences
-      are hardly inflated by a smooth trend, and the median ignores a few big steps.
-    * Settled (skipped with ``final=True``): the medians of the last two ``window``-long runs
-      must not still be falling by more than 3 standard errors of their difference
-      (``3 * sigma * sqrt(pi / window)``). Otherwise the timings are still trending down and
-      the answer is ``None``.
-    * Count: the steady level is the median of the later half (at least ``window`` samples);
-      a sample is elevated when it is more than ``3 * sigma`` above it (and at least 0.5%,
-      so timer quantization is not mistaken for warmup). The warmup ends at the first
-      ``window``-long run whose median is not elevated, extended past any individual
-      elevated samples there.
-
-    Pure noise almost always gives 0 (a leading sample beyond 3 sigma is rare, and dropping
-    it costs nothing); a decaying start such as ``50, 30, 20, 12, 10, 10, ...`` gives the
-    count of its elevated samples. ``final=True`` is for when no more samples are coming (a
-    budget ran out, or a look back over a long series): it always answers, 0 for ``window``
-    samples or fewer. At least one sample is always left after the warmup.
-    """
-    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
-        raise ValueError(f"window must be an integer >= 2, got {window!r}")
-    x = np.asarray(samples, dtype=np.float64)
-    n = int(x.size)
-    if n < 2 * window and (not final or n <= window):
-        return 0 if final else None
-    recent = x[-max(2 * window, n // 2) :]
-    scale = 1.4826 / math.sqrt(2) * float(np.median(np.abs(np.diff(recent))))
-    level = float(np.median(x[-max(window, n // 2) :]))
-    floor = _WARMUP_REL_FLOOR * abs(level)
-    if not final:
-        older = float(np.median(x[-2 * window : -window]))
-        newest = float(np.median(x[-window:]))
-        if older - newest > max(_WARMUP_SIGMAS * scale * math.sqrt(math.pi / window), floor):
-            return None
-    threshold = level + max(_WARMUP_SIGMAS * scale, floor)
-    run_medians = np.median(np.lib.stride_tricks.sliding_window_view(x, window), axis=1)
-    calm = np.flatnonzero(run_medians <= threshold)
-    w = int(calm[0]) if calm.size else n - window
-    while w < n - 1 and x[w] > threshold:
-        w += 1
-    return w
+# -- warmup: in .warmup, free of numpy (worker processes import it) -------------------
 
 
 # -- comparison ---------------------------------------------------------------------------

@@ -38,13 +38,14 @@ from typing import IO, Any
 from ..errors import PerfReplayError
 from .rounds import (
     STOP_MAX_PROCESSES,
+    STOP_MAX_ROUNDS,
     STOP_TARGET,
     STOP_TIME,
     Progress,
     RoundPolicy,
     RoundsResult,
 )
-from .stats import estimate, group_interval
+from .warmup import WARMUP_WINDOW, detect_warmup
 
 #: Checks (after k, k + 1, ... processes) on which the target must hold in a row.
 CONSECUTIVE = 2
@@ -95,6 +96,8 @@ def run_processes(
     max_processes: int | None = None,
 ) -> RoundsResult:
     """Run rounds in ``processes`` (or more, adaptively) fresh workers, one at a time."""
+    from .stats import estimate, group_interval  # numpy: the parent's side only
+
     if processes < 2:
         raise ValueError(f"processes must be >= 2 for worker mode, got {processes!r}")
     spawn = spawn or spawn_worker
@@ -253,8 +256,6 @@ def worker_rounds(
     scipy out of the worker (its import alone would cost ~0.8 s per process). Warmup is
     detected as in the main loop. Returns (all rounds, warmup count, stop reason, settled).
     """
-    from .rounds import STOP_MAX_ROUNDS, WARMUP_WINDOW
-    from .stats import detect_warmup
 
     start = clock()
     series: list[float] = []
@@ -362,8 +363,6 @@ def serve(job: WorkerJob, commands: IO[str], out: IO[str]) -> None:
     from ..errors import SnapshotError
     from ..snapshot.store import Store
     from .call import Replayer, read_snapshot, resolve_target
-    from .rounds import WARMUP_WINDOW
-    from .stats import detect_warmup
 
     configure(enabled=False)
     snapshot = read_snapshot(
