@@ -32,6 +32,10 @@ Measured per workload:
 * **warm-up**: a library call (pprint, textwrap, difflib; many functions entered once per
   call) counted after W warm-up calls, against after 20: the planner's W must agree.
 
+The valgrind is the one the plugin would use (``PERFREPLAY_VALGRIND``, else ``PATH``): on
+valgrind >= 3.22, differenced counts keep cachegrind's instrumentation to the counted
+processes' loops (``toggled``), as the plugin does.
+
 Usage: ``python benchmarks/instructions.py [--quick] [--sessions S] [--tries T]``.
 Results are printed as each part finishes, so a long run can be read while it goes.
 """
@@ -53,9 +57,11 @@ from pytest_perfreplay.replay.deterministic import count_both_sides, determinist
 from pytest_perfreplay.replay.valgrind import (
     CountResult,
     Method,
+    Plan,
     count_calls,
     plan,
     preflight,
+    toggles_available,
 )
 
 WORK = """
@@ -215,6 +221,7 @@ class Counter:
         self.snapshots = snapshots
         self.native = native
         self.vg = preflight()
+        self.toggles = toggles_available(self.vg)  # as the plugin plans on this valgrind
         self.counts = 0
         self.method: Method | None = None  # None: what the plugin would choose here
 
@@ -227,7 +234,7 @@ class Counter:
         warmup: int | None = None,
         cancel: threading.Event | None = None,
     ) -> CountResult:
-        p = plan(self.native[workload], 0.0, processes=3, method=self.method)
+        p = self.plan(workload)
         self.counts += 1
         return count_calls(
             self.snapshots[workload],
@@ -239,7 +246,13 @@ class Counter:
             calls=p.calls,
             valgrind=self.vg,
             method=self.method or p.method,
+            toggles=p.toggles,
             cancel=cancel,
+        )
+
+    def plan(self, workload: str) -> Plan:
+        return plan(
+            self.native[workload], 0.0, processes=3, method=self.method, toggles=self.toggles
         )
 
     def pair(self, workload: str) -> float:
@@ -284,7 +297,10 @@ def main() -> None:
             f"valgrind {vg.version_text}, {'setarch -R' if vg.setarch else 'ASLR on'}, "
             f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each count: one valgrind "
             "process, warmed up, forking 3 counted processes; method per workload: "
-            + ", ".join(f"{w} {plan(natives[w], 0.0, processes=3).method}" for w in WORKLOADS)
+            + ", ".join(
+                f"{w} {count.plan(w).method}{' (toggled)' if count.plan(w).toggles else ''}"
+                for w in WORKLOADS
+            )
             + f"; verdict band ±{args.min_effect:.2%}"
         )
         say(
@@ -315,7 +331,7 @@ def main() -> None:
             f"{natives['wreal'] * 1e3:.1f} ms native): per-call count after W warm-up calls"
         )
         steady = count("wreal", 0.0, warmup=20)
-        planned = plan(natives["wreal"], 0.0, processes=3).warmup
+        planned = count.plan("wreal").warmup
         for w in sorted({2, planned} if args.quick else {2, 6, 7, planned, 10}):
             r = count("wreal", 0.0, warmup=w)
             say(
@@ -342,7 +358,8 @@ def main() -> None:
             say(
                 f"cost of one count (one side): median {statistics.median(walls):.1f} s "
                 f"[{min(walls):.1f}-{max(walls):.1f}] for a {natives[workload] * 1e3:.2f} ms "
-                f"call ({base[0].counting}: {base[0].warmup} warm-up + {base[0].calls} "
+                f"call ({base[0].counting}{', toggled' if base[0].toggled else ''}: "
+                f"{base[0].warmup} warm-up + {base[0].calls} "
                 "counted calls per process); "
                 f"goal 30x native + 3 s = {goal:.1f} s: "
                 f"{'met' if statistics.median(walls) <= goal else 'NOT met'} "

@@ -30,6 +30,8 @@ from pytest_perfreplay.replay.valgrind import (
     MIN_WARMUP,
     CountError,
     CountResult,
+    Valgrind,
+    _tool_args,
     bracket_available,
     counting_env,
     cycles,
@@ -38,6 +40,7 @@ from pytest_perfreplay.replay.valgrind import (
     plan,
     preflight,
     summarize,
+    toggles_available,
     too_long,
     unsupported_platform,
 )
@@ -445,6 +448,46 @@ def test_the_planner_takes_the_method_its_estimate_says_costs_less() -> None:
     assert short.estimate("cycles", jobs=2) > short.estimate("instructions", jobs=2)
 
 
+def test_cachegrind_toggles_keep_start_up_and_warm_up_out_of_the_instrumented_cost() -> None:
+    """valgrind >= 3.22: a difference count's parent runs uninstrumented (~10x, not ~17x),
+    which for a 100 ms call is most of what a count costs."""
+    old = Valgrind("/usr/bin/valgrind", (3, 19, 0), None)
+    new = Valgrind("/opt/valgrind", (3, 24, 0), None)
+    assert not toggles_available(old)
+    assert toggles_available(new) == bracket_available()  # client requests needed too
+    assert not toggles_available(new, "cycles")  # each child's simulated caches: cold
+    for seconds in (0.01, 0.1, 1.0):
+        plain = plan(seconds, 0.0, processes=3, method="difference")
+        toggled = plan(seconds, 0.0, processes=3, method="difference", toggles=True)
+        assert toggled.toggles and not plain.toggles
+        assert toggled.estimate("instructions", jobs=2) < plain.estimate("instructions", jobs=2)
+        # the warm-up runs at the uninstrumented ~10x: 8 calls cost 80x the call, not 160x
+        saved = plain.estimate("instructions", jobs=2) - toggled.estimate("instructions", jobs=2)
+        assert saved > 8 * seconds * 9
+    assert not plan(0.1, 0.0, processes=3, method="bracket", toggles=True).toggles
+    if bracket_available():
+        # with the parent uninstrumented either way, cachegrind's cheaper counted calls
+        # win from ~10 ms
+        assert plan(0.1, 0.0, processes=3, toggles=True).method == "difference"
+    assert "--instr-at-start=no" in _tool_args("instructions", "out", "difference", True)
+    assert "--instr-at-start=no" not in _tool_args("instructions", "out", "difference")
+
+
+def test_toggles_asked_of_an_old_valgrind_are_refused_with_the_version(tmp_path: Path) -> None:
+    from pytest_perfreplay.replay.valgrind import count_calls
+
+    old = Valgrind("/usr/bin/valgrind", (3, 19, 0), None)
+    with pytest.raises(CountError, match=r"needs valgrind >= 3\.22.*found valgrind 3\.19\.0"):
+        count_calls(
+            tmp_path / "x.prsnap",
+            "m:f",
+            store=tmp_path,
+            valgrind=old,
+            method="difference",
+            toggles=True,
+        )
+
+
 def test_client_requests_are_no_ops_outside_valgrind() -> None:
     from pytest_perfreplay.replay.clientreq import ClientRequests, available
 
@@ -454,6 +497,7 @@ def test_client_requests_are_no_ops_outside_valgrind() -> None:
     # On a real CPU the special sequence does nothing and the default (0) comes back.
     assert vg.running_on_valgrind() == 0
     assert vg.toggle_collect() == 0 and vg.dump_stats() == 0
+    assert vg.cachegrind_start() == 0 and vg.cachegrind_stop() == 0
 
 
 def test_the_counting_process_imports_asyncio_only_for_async_targets() -> None:

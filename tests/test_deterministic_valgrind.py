@@ -65,6 +65,23 @@ def real_valgrind() -> str:
     return path
 
 
+@pytest.fixture
+def new_valgrind(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A valgrind >= 3.22 (cachegrind's instrumentation toggles), made the one counts use:
+    the system's, or the build scripts/install-system-deps.sh unpacks beside an older one."""
+    from pytest_perfreplay.replay.valgrind import TOGGLES_VERSION, _version_output, parse_version
+
+    beside = Path(os.environ.get("PERFREPLAY_NEW_VALGRIND_DIR", "/opt/perfreplay-valgrind"))
+    for path in (shutil.which("valgrind"), str(beside / "bin" / "valgrind")):
+        if path and os.access(path, os.X_OK):
+            version = parse_version(_version_output(path))
+            if version is not None and version[:2] >= TOGGLES_VERSION:
+                monkeypatch.setenv("PERFREPLAY_VALGRIND", path)
+                return path
+    unavailable("no valgrind >= 3.22 (scripts/install-system-deps.sh unpacks one)")
+    raise AssertionError("unreachable")
+
+
 def capture_traffic(pytester: pytest.Pytester, traffic: str = TRAFFIC, **modules: str) -> None:
     """Write the modules (``svc`` by default) and run ``traffic`` with capture on."""
     pytester.makepyfile(**(modules or {"svc": SERVICE}), traffic=traffic)
@@ -391,6 +408,92 @@ def test_bracketed_and_differenced_counts_agree(
     # (unpickled all ahead of time, 16, 17 and 18 calls gave counts 1.8% apart).
     more = count("bracket", 9)
     assert more.estimate == pytest.approx(bracket.estimate, rel=1e-4)
+
+
+@pytest.mark.valgrind
+def test_toggled_cachegrind_counts_what_the_whole_process_difference_and_the_bracket_do(
+    pytester: pytest.Pytester, new_valgrind: str
+) -> None:
+    """valgrind >= 3.22: instrumentation off until each forked process switches it on for
+    its loop. Were a request missed, the count would hold nothing, or the whole parent."""
+    from pytest_perfreplay.replay.clientreq import available
+    from pytest_perfreplay.replay.valgrind import preflight
+
+    if not available():
+        pytest.skip("client requests exist for x86-64 Linux only")
+    capture_traffic(pytester)
+    vg = preflight()
+    assert vg.version[:2] >= (3, 22) and vg.path == new_valgrind
+
+    def count(method: str, calls: int, toggles: bool | None = None) -> Any:
+        return count_here(
+            pytester,
+            "svc-checksum*/*.prsnap",
+            "svc:checksum",
+            method=method,
+            toggles=toggles,
+            calls=calls,
+            gc="disable",
+            processes=3,
+            warmup=10,
+            valgrind=vg,
+        )
+
+    toggled = count("difference", 5)  # the default on this valgrind
+    whole = count("difference", 5, toggles=False)
+    bracket = count("bracket", 2)
+    assert toggled.toggled and "--instr-at-start=no" in toggled.tool
+    assert not whole.toggled and "--instr-at-start" not in whole.tool
+    assert "instrumentation switched on in each process for its loop only" in toggled.method
+    assert toggled.estimate > 100_000
+    # The same processes, forks and heap pads: only what valgrind instruments differs. The
+    # loop allocates ints, whose count moves ~1.6% with the heap's state, and the toggled
+    # parent holds one more object (the client requests) before it forks.
+    assert toggled.estimate == pytest.approx(whole.estimate, rel=0.03)
+    assert toggled.estimate == pytest.approx(bracket.estimate, rel=0.03)
+    assert toggled.spread < 0.05
+
+
+@pytest.mark.valgrind
+def test_a_session_on_a_newer_valgrind_counts_toggled_and_agrees_with_the_older(
+    pytester: pytest.Pytester,
+    real_valgrind: str,
+    new_valgrind: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ~20 ms call: the planner takes the difference method, instrumented only in the
+    children's loops on valgrind >= 3.22; on the system's older one, the whole processes."""
+    from pytest_perfreplay.replay.clientreq import available
+    from pytest_perfreplay.replay.valgrind import parse_version
+
+    if not available():
+        pytest.skip("client requests exist for x86-64 Linux only")
+    capture_traffic(pytester, "import svc\n\nsvc.checksum(list(range(60_000)))\n")
+    counts = {}
+    for name, path in (("new", new_valgrind), ("system", real_valgrind)):
+        monkeypatch.setenv("PERFREPLAY_VALGRIND", path)
+        result = run(
+            pytester,
+            "--perf-replay-measure=instructions",
+            "--perf-replay-max-time=3000",  # a shared machine can be very slow
+            f"--benchmark-json={name}.json",
+        )
+        result.assert_outcomes(passed=1)
+        counts[name] = bench(pytester, f"{name}.json")["extra_info"]["counts"]
+        if (parse_version(counts[name]["valgrind"]) or ()) >= (3, 22):
+            result.stdout.fnmatch_lines(
+                [
+                    "*cachegrind total minus that of two forked beside it without the calls "
+                    "(instrumented from its loop's start to its end only); valgrind 3.2*"
+                ]
+            )
+    new, system = counts["new"], counts["system"]
+    assert new["counting"] == "difference" and new["toggled"] is True
+    assert "--instr-at-start=no" in new["tool"]
+    if (parse_version(system["valgrind"]) or ()) < (3, 22):
+        assert system["toggled"] is False
+    # Two valgrind versions, the same guest instructions.
+    assert new["estimate"] == pytest.approx(system["estimate"], rel=0.03)
 
 
 @pytest.mark.valgrind

@@ -1,4 +1,5 @@
-"""valgrind client requests from Python, for bracketing the counted calls under callgrind.
+"""valgrind client requests from Python, for bracketing the counted calls under callgrind
+(and switching cachegrind's instrumentation on and off, valgrind >= 3.22).
 
 valgrind's tools are driven from inside a program by "client requests": a fixed sequence of
 no-op instructions that valgrind recognises and that does nothing on a real CPU. C code gets
@@ -40,6 +41,10 @@ ZERO_STATS = _CALLGRIND + 1
 TOGGLE_COLLECT = _CALLGRIND + 2
 START_INSTRUMENTATION = _CALLGRIND + 4
 STOP_INSTRUMENTATION = _CALLGRIND + 5
+_CACHEGRIND = (ord("C") << 24) | (ord("G") << 16)
+#: cachegrind's own (valgrind >= 3.22, with ``--instr-at-start=no``).
+CG_START_INSTRUMENTATION = _CACHEGRIND + 0
+CG_STOP_INSTRUMENTATION = _CACHEGRIND + 1
 
 
 def _platform_ok() -> bool:
@@ -82,6 +87,8 @@ class ClientRequests:
         self.toggle_collect = self._request(TOGGLE_COLLECT)
         self.start_instrumentation = self._request(START_INSTRUMENTATION)
         self.stop_instrumentation = self._request(STOP_INSTRUMENTATION)
+        self.cachegrind_start = self._request(CG_START_INSTRUMENTATION)
+        self.cachegrind_stop = self._request(CG_STOP_INSTRUMENTATION)
 
     def _request(self, code: int) -> Callable[[], int]:
         block = (ctypes.c_uint64 * 6)(code, 0, 0, 0, 0, 0)

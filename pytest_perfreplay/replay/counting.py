@@ -15,7 +15,9 @@ the file name) when it exits.
   (:mod:`.clientreq`), and dumps twice: the calls, then the same loop around a no-op (what
   the toggles and the call wrapper cost), which the parent subtracts.
 * ``method == "difference"`` (cachegrind): a child's totals include everything its parent
-  ran before the fork. So each child index forks three processes back to back:
+  ran before the fork (with ``toggles``, valgrind >= 3.22, nothing: instrumentation is off
+  until each child switches it on around its loop, and the parent ran at ~10x native).
+  So each child index forks three processes back to back:
   reference, counted, reference. All three unpickle the same ``calls`` fresh argument sets
   and apply the same GC policy; only the counted one makes the calls. The per-call count
   is counted minus the mean of the two references, divided by ``calls``: what the parent
@@ -95,8 +97,9 @@ def run(job: dict[str, Any]) -> None:
         _one(call, policy, *load(), counted=True)
     n = job["calls"]
     bracket = job.get("method") == "bracket"
+    toggles = bool(job.get("toggles"))
     if job.get("prewarm"):
-        if bracket:
+        if bracket or toggles:
             from . import clientreq  # noqa: F401 - its bytecode too, for the children
         return
     if policy == "collect":
@@ -108,6 +111,7 @@ def run(job: dict[str, Any]) -> None:
         n,
         children=int(job["children"]),
         bracket=bracket,
+        toggles=toggles,
         profile=bool(job.get("marker")),
         cache_warm=bool(job.get("cache_warm")),
         manifest=Path(job["manifest"]),
@@ -167,12 +171,14 @@ def _fork_counts(
     *,
     children: int,
     bracket: bool,
+    toggles: bool = False,
     profile: bool,
     cache_warm: bool,
     manifest: Path,
 ) -> None:
     """Fork the counted processes, wait for them, and list them in ``manifest``. The
     profile is one such process (index 0), so it sees the heap the count's first one does."""
+    requests = _client_requests("a toggled count", tool="cachegrind") if toggles else None
 
     def child(role: Role) -> None:
         index, kind = role
@@ -184,8 +190,14 @@ def _fork_counts(
         if kind == "bracket":
             _bracketed(call, policy, load, n, cache_warm=cache_warm)
             return
+        if requests is not None:
+            # cachegrind counts only from here to the stop: the references' loops, the
+            # same requests included, take the same instructions but for the calls
+            requests.cachegrind_start()
         for _ in range(n):
             _one(call, policy, *load(), counted=kind == "counted")
+        if requests is not None:
+            requests.cachegrind_stop()
 
     if profile:
         roles: list[Role] = [(0, "profile")]
@@ -286,12 +298,12 @@ def _region(
         del args, kwargs
 
 
-def _client_requests(what: str) -> Any:
+def _client_requests(what: str, tool: str = "callgrind") -> Any:
     from .clientreq import ClientRequests
 
     vg = ClientRequests()
     if not vg.running_on_valgrind():
-        raise RuntimeError(f"{what} must run under valgrind --tool=callgrind")
+        raise RuntimeError(f"{what} must run under valgrind --tool={tool}")
     return vg
 
 

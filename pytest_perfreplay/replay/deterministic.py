@@ -370,6 +370,7 @@ def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
             "call bracketed by callgrind client requests, minus the same bracket around a no-op"
             if result.counting == "bracket"
             else "process's cachegrind total minus that of two forked beside it without the calls"
+            + (" (instrumented from its loop's start to its end only)" if result.toggled else "")
         )
         + f"; valgrind {result.valgrind}, {result.elapsed:.1f} s",
     ]
@@ -413,7 +414,7 @@ def count_item(
     from ..snapshot.format import code_hash
     from .history import Entry, Ledger, git_state, now
     from .session import ReplayFailure
-    from .valgrind import CountError, count_calls, plan, preflight, too_long
+    from .valgrind import CountError, count_calls, plan, preflight, toggles_available, too_long
 
     cfg = state.config
     mode = cfg.measure
@@ -430,7 +431,12 @@ def count_item(
         raise ReplayFailure(str(exc)) from None
     plain = time_plain_calls(replayer.fresh_args, replayer.call)
     processes = max(3, cfg.processes)
-    p = plan(plain.wall_median, plain.unpickle, processes=processes)
+    p = plan(
+        plain.wall_median,
+        plain.unpickle,
+        processes=processes,
+        toggles=toggles_available(vg, mode),
+    )
     budget = cfg.max_time if cfg.max_time_explicit else DEFAULT_BUDGET
     paired = state.baseline is not None
     # both sides of a pair are counted at once: each has half the cores for its processes
@@ -458,6 +464,7 @@ def count_item(
         timeout=max(60.0, 2 * budget),
         valgrind=vg,
         method=p.method,
+        toggles=p.toggles,
     )
     path = snapshot.path
     baseline = state.baseline

@@ -26,7 +26,11 @@ much the count depends on it. Two methods keep start-up out of the figure:
   estimates): cachegrind, about 17x native instrumented against callgrind's 80-90x.
   Each child index forks a reference, a counted and a second reference process; counted
   minus the references' mean, divided by the calls, is the per-call count (what the
-  parent ran before the forks cancels out).
+  parent ran before the forks cancels out). With valgrind >= 3.22 and client requests
+  (``toggles``), cachegrind starts with instrumentation off and each child switches it on
+  for its own loop only: start-up and warm-up then run at the uninstrumented ~10x too,
+  which for a 100 ms call is most of the cost. Instructions only: the simulated caches
+  of ``cycles`` would start cold in every child.
 
 ``count_calls`` is the whole parent side; it knows nothing of pytest, so a paired runner
 can call it for a baseline tree (an extra import root) and for today's code alike.
@@ -59,6 +63,8 @@ MODES: tuple[str, ...] = ("instructions", "cycles")
 
 #: Oldest valgrind tested; 3.19 is what Debian 12 ships.
 MIN_VERSION = (3, 16)
+#: cachegrind's ``--instr-at-start`` and its start/stop client requests arrived in 3.22.
+TOGGLES_VERSION = (3, 22)
 
 #: CodSpeed's cache geometry (32 KiB 8-way L1s, 8 MiB 16-way LL, 64-byte lines).
 CACHE_GEOMETRY: Mapping[str, str] = {
@@ -88,8 +94,8 @@ SLOWDOWN: Mapping[str, float] = {
     "uninstrumented": 10.0,
 }
 #: Wall seconds of the counting process's start-up (interpreter, imports, snapshot) under
-#: valgrind on the development machine: instrumented (difference) and not (bracket).
-STARTUP: Mapping[str, float] = {"difference": 3.0, "bracket": 1.5}
+#: valgrind on the development machine: instrumented (cachegrind from the start) and not.
+STARTUP: Mapping[str, float] = {"instrumented": 3.0, "uninstrumented": 1.5}
 #: The native pre-run that fills the bytecode cache: interpreter start-up, imports and
 #: one call.
 PREWARM_SECONDS = 0.3
@@ -208,6 +214,12 @@ def bracket_available() -> bool:
     return available()
 
 
+def toggles_available(vg: Valgrind, mode: str = "instructions") -> bool:
+    """Whether a ``difference`` count can keep cachegrind's instrumentation to the children's
+    loops: valgrind >= 3.22, client requests, and instructions (not simulated caches)."""
+    return mode == "instructions" and vg.version[:2] >= TOGGLES_VERSION and bracket_available()
+
+
 @dataclass(frozen=True)
 class Plan:
     warmup: int
@@ -216,6 +228,7 @@ class Plan:
     native_call: float  # seconds, one plain call (median of the timed ones)
     native_args: float  # seconds to unpickle one fresh argument set
     method: Method = "difference"
+    toggles: bool = False  # difference: cachegrind instruments only the children's loops
 
     def _slow(self, mode: str) -> float:
         if self.method == "bracket":
@@ -225,12 +238,14 @@ class Plan:
     def estimate(self, mode: str, *, startup: float | None = None, jobs: int) -> float:
         """Wall seconds of one side's count: the native pre-run, one valgrind start-up
         and warm-up, then the forked processes, ``jobs`` at a time."""
-        start = STARTUP[self.method] if startup is None else startup
+        quiet = self.method == "bracket" or self.toggles  # parent runs uninstrumented
+        if startup is None:
+            startup = STARTUP["uninstrumented" if quiet else "instrumented"]
         per = self.native_call + self.native_args
         prewarm = PREWARM_SECONDS + min(self.warmup, 1) * per
         off = SLOWDOWN["uninstrumented"]
         if self.method == "bracket":
-            parent = start + off * self.warmup * per
+            parent = startup + off * self.warmup * per
             # the calls and the no-op loop each unpickle their sets; a cache-warming call
             # for cycles
             instrumented = self.calls + (1 if mode == "cycles" else 0)
@@ -238,7 +253,7 @@ class Plan:
             child += self._slow(mode) * instrumented * self.native_call
             work = child * self.processes
         else:
-            parent = start + self._slow(mode) * self.warmup * per
+            parent = startup + (off if self.toggles else self._slow(mode)) * self.warmup * per
             # per index: the counted process, and two references that only unpickle
             work = self._slow(mode) * self.calls * (per + 2 * self.native_args)
             work *= self.processes
@@ -253,8 +268,11 @@ def plan(
     warmup: int | None = None,
     calls: int | None = None,
     method: Method | None = None,
+    toggles: bool = False,
 ) -> Plan:
-    """Choose the method, warm-up and counted calls from the native time of one call."""
+    """Choose the method, warm-up and counted calls from the native time of one call.
+    ``toggles``: whether a difference count may instrument only its children's loops
+    (:func:`toggles_available`)."""
     per = max(native_call, 1e-7)
     if warmup is None:
         warmup = max(MIN_WARMUP, min(MAX_WARMUP, math.ceil(WARMUP_NATIVE_SECONDS / per)))
@@ -268,13 +286,14 @@ def plan(
         if bracket_available():
             jobs = os.cpu_count() or 1
             costs = {
-                m: Plan(warmup, calls, processes, native_call, native_args, m).estimate(
+                m: Plan(warmup, calls, processes, native_call, native_args, m, toggles).estimate(
                     "instructions", jobs=jobs
                 )
                 for m in ("bracket", "difference")
             }
             method = "bracket" if costs["bracket"] <= costs["difference"] else "difference"
-    return Plan(warmup, calls, processes, native_call, native_args, method)
+    toggles = toggles and method == "difference"
+    return Plan(warmup, calls, processes, native_call, native_args, method, toggles)
 
 
 def too_long(estimate: float, budget: float, what: str, mode: str = "instructions") -> str | None:
@@ -318,6 +337,7 @@ class CountResult:
     target: str = ""
     import_roots: tuple[str, ...] = ()
     counting: str = "difference"  # "bracket": client requests around each counted call
+    toggled: bool = False  # difference: cachegrind instrumented only the children's loops
 
     @property
     def processes(self) -> int:
@@ -359,7 +379,9 @@ def summarize(
 # -- running ------------------------------------------------------------------------------
 
 
-def _tool_args(mode: str, out_file: str, method: str = "difference") -> list[str]:
+def _tool_args(
+    mode: str, out_file: str, method: str = "difference", toggles: bool = False
+) -> list[str]:
     if method == "bracket":
         args = [
             "--tool=callgrind",
@@ -369,6 +391,8 @@ def _tool_args(mode: str, out_file: str, method: str = "difference") -> list[str
         ]
     else:
         args = ["--tool=cachegrind", f"--cachegrind-out-file={out_file}"]
+        if toggles:
+            args.append("--instr-at-start=no")
     if mode == "cycles":
         args.append("--cache-sim=yes")
         args.extend(f"--{name}={geometry}" for name, geometry in CACHE_GEOMETRY.items())
@@ -461,6 +485,7 @@ class CountJob:
     manifest: str | None = None  # where the parent lists its children (pid, kind, exit)
     marker: bool = False  # the profile: one forked process, bracketed as the count is
     method: str = "difference"  # or "bracket": client requests around each call
+    toggles: bool = False  # difference: each child switches cachegrind's instrumentation on
     cache_warm: bool = False  # bracket: one instrumented, uncollected call first (cycles)
     prewarm: bool = False  # native pre-run: load and warm up only (fills the bytecode cache)
     pycache: str | None = None  # PYTHONPYCACHEPREFIX of the counting processes
@@ -598,7 +623,7 @@ def _children(
     out = workdir / ("callgrind.%p.out" if bracket else "cachegrind.%p.out")
     run_under(
         vg,
-        _tool_args(mode, str(out), job.method),
+        _tool_args(mode, str(out), job.method, job.toggles),
         job,
         workdir=workdir,
         timeout=timeout,
@@ -647,6 +672,7 @@ def count_calls(
     timeout: float = 3600.0,
     valgrind: Valgrind | None = None,
     method: Method | None = None,
+    toggles: bool | None = None,
     cancel: threading.Event | None = None,
 ) -> CountResult:
     """Count the per-call instructions (or estimated cycles) of ``target`` on a snapshot.
@@ -654,8 +680,9 @@ def count_calls(
     ``import_roots`` go first on the counting processes' ``sys.path``: a paired runner
     passes a baseline tree there and nothing for today's code. ``method`` defaults to
     ``bracket`` where client requests work, else ``difference`` (:func:`plan` also
-    weighs the call's length). Setting ``cancel`` from another thread kills the count's
-    processes and raises CountCancelled.
+    weighs the call's length). ``toggles`` (a difference count that instruments only the
+    children's loops) defaults to wherever :func:`toggles_available`. Setting ``cancel``
+    from another thread kills the count's processes and raises CountCancelled.
     """
     if mode not in MODES:
         raise CountError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -664,6 +691,15 @@ def count_calls(
     vg = valgrind or preflight()
     if method is None:
         method = "bracket" if bracket_available() else "difference"
+    if toggles is None:
+        toggles = toggles_available(vg, mode)
+    toggles = toggles and method == "difference"
+    if toggles and not toggles_available(vg, mode):
+        raise CountError(
+            f"counting with cachegrind's instrumentation toggles needs valgrind >= "
+            f"{TOGGLES_VERSION[0]}.{TOGGLES_VERSION[1]}, client requests and mode "
+            f"instructions; found valgrind {vg.version_text}, mode {mode}"
+        )
     base = CountJob(
         snapshot_path=str(snapshot_path),
         store=str(store),
@@ -675,6 +711,7 @@ def count_calls(
         gc=gc,
         children=processes,
         method=method,
+        toggles=toggles,
         cache_warm=method == "bracket" and mode == "cycles",
         pycache=bytecode_cache(),
     )
@@ -689,7 +726,7 @@ def count_calls(
     values = [cycles(e) if mode == "cycles" else e["Ir"] for e in per_events]
     mean, low, high, spread, summary_method = summarize(values, confidence)
     events = {k: sum(e[k] for e in per_events) / len(per_events) for k in first}
-    tool = " ".join([*prefix(vg), "valgrind", *_tool_args(mode, "…", method)])
+    tool = " ".join([*prefix(vg), "valgrind", *_tool_args(mode, "…", method, toggles)])
     forked = (
         f"{processes} processes forked after {warmup} warm-up calls, in heap states of their own"
     )
@@ -703,6 +740,11 @@ def count_calls(
         how = (
             f"{forked}; each counted {calls} calls under cachegrind, minus the mean of two "
             "reference processes forked beside it that made no calls"
+            + (
+                " (instrumentation switched on in each process for its loop only)"
+                if toggles
+                else ""
+            )
         )
     return CountResult(
         unit=mode,
@@ -726,4 +768,5 @@ def count_calls(
         target=target,
         import_roots=base.import_roots,
         counting=method,
+        toggled=toggles,
     )
