@@ -36,7 +36,9 @@ The valgrind is the one the plugin would use (``PERFREPLAY_VALGRIND``, else ``PA
 valgrind >= 3.22, differenced counts keep cachegrind's instrumentation to the counted
 processes' loops (``toggled``), as the plugin does.
 
-Usage: ``python benchmarks/instructions.py [--quick] [--sessions S] [--tries T]``.
+Usage: ``python benchmarks/instructions.py [--quick] [--sessions S] [--tries T]
+[--also-valgrind PATH]``; the last prints, per workload, a single count's cost (and the
+count) with another valgrind too, in the same run.
 Results are printed as each part finishes, so a long run can be read while it goes.
 """
 
@@ -58,7 +60,10 @@ from pytest_perfreplay.replay.valgrind import (
     CountResult,
     Method,
     Plan,
+    Valgrind,
+    _version_output,
     count_calls,
+    parse_version,
     plan,
     preflight,
     toggles_available,
@@ -216,11 +221,17 @@ def native_real(repeat: int = 7) -> float:
 
 
 class Counter:
-    def __init__(self, root: Path, snapshots: dict[str, Path], native: dict[str, float]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        snapshots: dict[str, Path],
+        native: dict[str, float],
+        vg: Valgrind | None = None,
+    ) -> None:
         self.root = root
         self.snapshots = snapshots
         self.native = native
-        self.vg = preflight()
+        self.vg = vg or preflight()
         self.toggles = toggles_available(self.vg)  # as the plugin plans on this valgrind
         self.counts = 0
         self.method: Method | None = None  # None: what the plugin would choose here
@@ -279,6 +290,11 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=10, help="counts per change level")
     parser.add_argument("--min-effect", type=float, default=0.0025, help="verdict band")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument(
+        "--also-valgrind",
+        metavar="PATH",
+        help="another valgrind: each workload's single-count cost (and count) with it too",
+    )
     args = parser.parse_args()
     workloads = ["w1ms"] if args.quick else args.workloads.split(",")
     sessions = 2 if args.quick else args.sessions
@@ -293,6 +309,11 @@ def main() -> None:
         natives["wreal"] = native_real()
         count = Counter(root, snapshots, natives)
         vg = count.vg
+        other: Counter | None = None
+        if args.also_valgrind:
+            path = args.also_valgrind
+            version = parse_version(_version_output(path)) or (0,)
+            other = Counter(root, snapshots, natives, Valgrind(path, version, vg.setarch))
         say(
             f"valgrind {vg.version_text}, {'setarch -R' if vg.setarch else 'ASLR on'}, "
             f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each count: one valgrind "
@@ -365,6 +386,18 @@ def main() -> None:
                 f"{'met' if statistics.median(walls) <= goal else 'NOT met'} "
                 f"({statistics.median(walls) / goal:.1f}x the goal)"
             )
+            if other is not None:
+                theirs = [other(workload, 0.0) for _ in range(1 if args.quick else 3)]
+                own = statistics.median(walls)
+                mine = statistics.median(r.elapsed for r in theirs)
+                say(
+                    f"  the same count on valgrind {other.vg.version_text} "
+                    f"({theirs[0].counting}{', toggled' if theirs[0].toggled else ''}): "
+                    f"median {mine:.1f} s over {len(theirs)} ({mine / goal:.1f}x the goal; "
+                    f"this run's valgrind takes {own / mine:.2f}x its time); "
+                    f"instructions per call {theirs[0].estimate:,.0f}, "
+                    f"{theirs[0].estimate / m - 1:+.4%} against this run's"
+                )
             pairs = [count.pair(workload) for _ in range(1 if args.quick else 3)]
             side = statistics.median(pairs) / 2
             say(
