@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,16 @@ def count_here(pytester: pytest.Pytester, snapshots: str, target: str, **options
         import_roots=[str(pytester.path)],
         **options,
     )
+
+
+def share_a_heap_state(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether some process of one count saw the per-call count of some process of the
+    other, to 0.01%. A loop that allocates counts one of a few figures by its place in
+    pymalloc's pools (this loop: two, 1.6% apart), and any object made before the calls
+    (a client-request helper, a longer path) can move a process from one to another; so
+    which process sees which figure may differ, but a count that missed a request (nothing
+    counted, or the whole parent) matches no figure at all."""
+    return any(abs(x - y) <= 1e-4 * y for x in a for y in b)
 
 
 @contextmanager
@@ -446,10 +456,11 @@ def test_toggled_cachegrind_counts_what_the_whole_process_difference_and_the_bra
     assert not whole.toggled and "--instr-at-start" not in whole.tool
     assert "instrumentation switched on in each process for its loop only" in toggled.method
     assert toggled.estimate > 100_000
-    # The same processes, forks and heap pads: only what valgrind instruments differs. The
-    # loop allocates ints, whose count moves ~1.6% with the heap's state, and the toggled
-    # parent holds one more object (the client requests) before it forks.
+    # The same processes, forks and heap pads: only what valgrind instruments differs.
+    assert share_a_heap_state(toggled.per_process, whole.per_process)
     assert toggled.estimate == pytest.approx(whole.estimate, rel=0.03)
+    # The bracket's processes hold other objects (its requests, its no-op loop's): the
+    # loop allocates ints, whose count moves ~1.6% with the heap's state.
     assert toggled.estimate == pytest.approx(bracket.estimate, rel=0.03)
     assert toggled.spread < 0.05
 
@@ -461,14 +472,18 @@ def test_a_session_on_a_newer_valgrind_counts_toggled_and_agrees_with_the_older(
     new_valgrind: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A ~20 ms call: the planner takes the difference method, instrumented only in the
-    children's loops on valgrind >= 3.22; on the system's older one, the whole processes."""
+    """A ~130 ms call: the planner takes the difference method on either valgrind,
+    instrumented only in the children's loops on >= 3.22, the whole processes on older."""
     from pytest_perfreplay.replay.clientreq import available
     from pytest_perfreplay.replay.valgrind import parse_version
 
     if not available():
         pytest.skip("client requests exist for x86-64 Linux only")
-    capture_traffic(pytester, "import svc\n\nsvc.checksum(list(range(60_000)))\n")
+    capture_traffic(
+        pytester,
+        "import svc\n\nsvc.checksum(list(range(60_000)))\n",
+        svc=SERVICE.replace("ROUNDS = 1", "ROUNDS = 40"),
+    )
     counts = {}
     for name, path in (("new", new_valgrind), ("system", real_valgrind)):
         monkeypatch.setenv("PERFREPLAY_VALGRIND", path)
@@ -490,9 +505,13 @@ def test_a_session_on_a_newer_valgrind_counts_toggled_and_agrees_with_the_older(
     new, system = counts["new"], counts["system"]
     assert new["counting"] == "difference" and new["toggled"] is True
     assert "--instr-at-start=no" in new["tool"]
+    assert system["counting"] == "difference"
     if (parse_version(system["valgrind"]) or ()) < (3, 22):
         assert system["toggled"] is False
-    # Two valgrind versions, the same guest instructions.
+    # Two valgrind versions, the same guest instructions in each heap state (a 1 ms loop:
+    # 3.19 whole-process 13,714,442, 3.24 whole-process 13,714,452, 3.24 toggled
+    # 13,714,526); which state a process's pad lands it in may differ between them.
+    assert share_a_heap_state(new["per_process"], system["per_process"])
     assert new["estimate"] == pytest.approx(system["estimate"], rel=0.03)
 
 
