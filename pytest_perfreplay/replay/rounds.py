@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
+from .estimators import ESTIMATORS, Estimator
 from .warmup import WARMUP_WINDOW, detect_warmup
 
 if TYPE_CHECKING:
@@ -53,11 +54,6 @@ __all__ = [
     "next_check",
     "run_rounds",
 ]
-
-#: How a series of rounds is summed up (see :mod:`.stats`). Defined here, not in ``stats``,
-#: so that worker processes read a policy without importing numpy.
-Estimator = Literal["median", "mean", "min"]
-ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 
 GcPolicy = Literal["collect", "disable", "enable"]
 GC_POLICIES: tuple[str, ...] = get_args(GcPolicy)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from .rounds import ESTIMATORS, Estimator
+from .estimators import ESTIMATORS, Estimator
 from .warmup import detect_warmup
 
 __all__ = [
