@@ -96,6 +96,11 @@ SLOWDOWN: Mapping[str, float] = {
 #: Wall seconds of the counting process's start-up (interpreter, imports, snapshot) under
 #: valgrind on the development machine: instrumented (cachegrind from the start) and not.
 STARTUP: Mapping[str, float] = {"instrumented": 3.0, "uninstrumented": 1.5}
+#: CPU seconds each forked process of a toggled difference count adds: switching
+#: instrumentation on drops the translations made before, so each re-translates its loop's
+#: code instrumented, and writes a file of its own. Measured on the development machine
+#: (valgrind 3.24, 1 ms calls): 2.86 s a count against 1.94 s without this term.
+TOGGLED_PROCESS_SECONDS = 0.2
 #: The native pre-run that fills the bytecode cache: interpreter start-up, imports and
 #: one call.
 PREWARM_SECONDS = 0.3
@@ -256,6 +261,8 @@ class Plan:
             parent = startup + (off if self.toggles else self._slow(mode)) * self.warmup * per
             # per index: the counted process, and two references that only unpickle
             work = self._slow(mode) * self.calls * (per + 2 * self.native_args)
+            if self.toggles:
+                work += 3 * TOGGLED_PROCESS_SECONDS
             work *= self.processes
         return prewarm + parent + work / max(1, min(jobs, self.processes))
 
