@@ -171,7 +171,7 @@ def _fork_counts(
     *,
     children: int,
     bracket: bool,
-    toggles: bool = False,
+    toggles: bool,
     profile: bool,
     cache_warm: bool,
     manifest: Path,

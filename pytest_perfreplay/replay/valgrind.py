@@ -700,13 +700,13 @@ def count_calls(
         method = "bracket" if bracket_available() else "difference"
     if toggles is None:
         toggles = toggles_available(vg, mode)
-    toggles = toggles and method == "difference"
-    if toggles and not toggles_available(vg, mode):
+    elif toggles and method == "difference" and not toggles_available(vg, mode):
         raise CountError(
             f"counting with cachegrind's instrumentation toggles needs valgrind >= "
             f"{TOGGLES_VERSION[0]}.{TOGGLES_VERSION[1]}, client requests and mode "
             f"instructions; found valgrind {vg.version_text}, mode {mode}"
         )
+    toggles = toggles and method == "difference"
     base = CountJob(
         snapshot_path=str(snapshot_path),
         store=str(store),
