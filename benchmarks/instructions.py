@@ -23,7 +23,9 @@ Measured per workload:
   process's heap state, which moved identical code by 1.8% before the heap pads spanned
   a pool;
 * **cost**: wall seconds of one count (one side) against the native call time, and the
-  issue's goal of 30x the native call plus 3 s;
+  issue's goal of 30x the native call plus 3 s; and where they went (the counting
+  process marks its phases: the native pre-run, valgrind's start-up to the loaded
+  snapshot, the warm-up calls, the counted processes, the exit);
 * **cost of a pair**: wall seconds of a paired count of identical code (the baseline in
   another folder), both sides at once as ``--perf-replay-baseline`` counts them, halved:
   the cost per side when a pair is counted;
@@ -386,6 +388,15 @@ def main() -> None:
                 f"{'met' if statistics.median(walls) <= goal else 'NOT met'} "
                 f"({statistics.median(walls) / goal:.1f}x the goal)"
             )
+            timed = [r.phases for r in base if r.phases]
+            if timed:
+                parts = {k: statistics.median(t[k] for t in timed) for k in timed[0]}
+                rest = sum(v for k, v in parts.items() if k != "warm-up")
+                say(
+                    f"  where it went (median of {len(timed)}): "
+                    + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())
+                    + f"; all but the warm-up: {rest:.1f} s ({rest / goal:.1f}x the goal)"
+                )
             if other is not None:
                 theirs = [other(workload, 0.0) for _ in range(1 if args.quick else 3)]
                 own = statistics.median(walls)

@@ -21,6 +21,7 @@ from pytest_perfreplay.replay.deterministic import (
     PlainCalls,
     deterministic_verdict,
     gate_failure,
+    phase_words,
     verdict_from_counts,
     waiting_note,
 )
@@ -37,6 +38,7 @@ from pytest_perfreplay.replay.valgrind import (
     cycles,
     parse_cachegrind,
     parse_version,
+    phases,
     plan,
     preflight,
     summarize,
@@ -525,3 +527,45 @@ def test_a_heap_pad_holds_its_share_of_a_pool_in_every_size_class() -> None:
     for block in SIZE_CLASSES:
         assert blocks.count(block) == POOL_BYTES // block // 2, block
     assert len(heap_pad(2, 3)) > len(pad)
+
+
+def test_a_counts_wall_time_is_split_into_its_phases_or_not_at_all() -> None:
+    marks = {"loaded": 2.0, "warmed": 5.5, "counted": 8.0}
+    parts = phases(0.0, 0.4, marks, 8.25)
+    assert parts == {
+        "prewarm": 0.4,
+        "start-up": 1.6,
+        "warm-up": 3.5,
+        "counted processes": 2.5,
+        "exit": 0.25,
+    }
+    assert sum(parts.values()) == pytest.approx(8.25)
+    assert phase_words(parts) == (
+        " (prewarm 0.4 s, start-up 1.6 s, warm-up 3.5 s, counted processes 2.5 s, exit 0.2 s)"
+    )
+    # A process that died before its last mark: no half-filled split.
+    assert phases(0.0, 0.4, {"loaded": 2.0}, 3.0) == {}
+    assert phase_words({}) == ""
+
+
+def test_a_phase_mark_is_one_byte_and_leaves_nothing_on_the_heap() -> None:
+    """The forked processes' counts depend on the parent's heap: a mark made between the
+    warm-up and the forks must not leave an object behind."""
+    from pytest_perfreplay.replay.counting import _mark
+
+    read, write = os.pipe()
+    try:
+        job = {"marks_fd": write}
+        _mark(job, b"L")  # first call: whatever a first call sets up
+        a = sys.getallocatedblocks()
+        b = sys.getallocatedblocks()  # b - a: the int a itself
+        c = sys.getallocatedblocks()
+        _mark(job, b"W")
+        d = sys.getallocatedblocks()
+        assert d - c == b - a
+        assert os.read(read, 16) == b"LW"
+        _mark({}, b"C")  # no fd (the native pre-run): nothing written, no error
+        os.close(write)
+        _mark(job, b"C")  # the parent is gone: the count goes on
+    finally:
+        os.close(read)

@@ -172,7 +172,8 @@ def test_instructions_are_counted_reported_kept_and_compared(
             "svc:checksum *iteration 1",
             "  instructions per call * 95% CI * spread *% over 3 processes (deterministic)",
             "*counted calls after * warm-up per process, each call bracketed by callgrind "
-            "client requests, minus the same bracket around a no-op; valgrind 3.*",
+            "client requests, minus the same bracket around a no-op; valgrind 3.* s (prewarm "
+            "* s, start-up * s, warm-up * s, counted processes * s, exit * s)",
             "  plain call: wall * ms, CPU *% of wall (the least disturbed of * calls)",
             "*callgrind: * calls, * instructions per call (less the no-op bracket); C-level "
             "frames: on Python 3.11*",
@@ -418,6 +419,13 @@ def test_bracketed_and_differenced_counts_agree(
     # (unpickled all ahead of time, 16, 17 and 18 calls gave counts 1.8% apart).
     more = count("bracket", 9)
     assert more.estimate == pytest.approx(bracket.estimate, rel=1e-4)
+    # Each count says where its wall time went: the marks the counting process wrote
+    # reached the parent, in order, and the parts cover the whole.
+    for result in (bracket, diff, more):
+        parts = result.phases
+        assert list(parts) == ["prewarm", "start-up", "warm-up", "counted processes", "exit"]
+        assert all(seconds >= 0 for seconds in parts.values())
+        assert sum(parts.values()) == pytest.approx(result.elapsed, abs=0.01)
 
 
 @pytest.mark.valgrind

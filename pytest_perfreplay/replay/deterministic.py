@@ -13,7 +13,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -358,6 +358,14 @@ def _fmt_count(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
 
 
+def phase_words(phases: Mapping[str, float]) -> str:
+    """Where a count's wall time went, for its summary line: "" when it was not timed."""
+    if not phases:
+        return ""
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
+    return f" ({parts})"
+
+
 def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
     """The summary block of one count."""
     words = _UNIT_WORDS.get(result.unit, result.unit)
@@ -372,7 +380,7 @@ def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
             else "process's cachegrind total minus that of two forked beside it without the calls"
             + (" (instrumented from its loop's start to its end only)" if result.toggled else "")
         )
-        + f"; valgrind {result.valgrind}, {result.elapsed:.1f} s",
+        + f"; valgrind {result.valgrind}, {result.elapsed:.1f} s{phase_words(result.phases)}",
     ]
     if result.unit == "cycles" and result.cache:
         caches = ", ".join(f"{name} {geometry}" for name, geometry in result.cache.items())

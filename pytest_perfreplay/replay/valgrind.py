@@ -345,6 +345,7 @@ class CountResult:
     import_roots: tuple[str, ...] = ()
     counting: str = "difference"  # "bracket": client requests around each counted call
     toggled: bool = False  # difference: cachegrind instrumented only the children's loops
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds per part
 
     @property
     def processes(self) -> int:
@@ -496,6 +497,7 @@ class CountJob:
     cache_warm: bool = False  # bracket: one instrumented, uncollected call first (cycles)
     prewarm: bool = False  # native pre-run: load and warm up only (fills the bytecode cache)
     pycache: str | None = None  # PYTHONPYCACHEPREFIX of the counting processes
+    marks_fd: int | None = None  # the counting process writes one byte per phase here
 
     def to_json(self) -> str:
         from dataclasses import asdict
@@ -512,11 +514,16 @@ def run_under(
     timeout: float,
     name: str = "count",
     cancel: threading.Event | None = None,
+    marks: dict[str, float] | None = None,
 ) -> Path:
     """Run one counting process (and the processes it forks) under valgrind; return its
     log file (for errors). On a timeout, an exception or ``cancel`` (set from another
-    thread) the whole process group is killed."""
+    thread) the whole process group is killed. ``marks`` receives the ``time.monotonic()``
+    at which the process reached each phase (:data:`PHASE_MARKS`)."""
     job_file = workdir / f"job-{name}.json"
+    read_marks, write_marks = os.pipe() if marks is not None else (-1, -1)
+    if marks is not None:
+        job = CountJob(**{**job.__dict__, "marks_fd": write_marks})
     job_file.write_text(job.to_json())
     log = workdir / f"valgrind-{name}.log"
     errfile = workdir / f"stderr-{name}.txt"
@@ -532,14 +539,24 @@ def run_under(
         str(job_file),
     ]
     with open(errfile, "wb") as err:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env=counting_env(job.import_roots, pycache=job.pycache),
-            start_new_session=True,  # its forked children go with it on a timeout
-        )
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=counting_env(job.import_roots, pycache=job.pycache),
+                start_new_session=True,  # its forked children go with it on a timeout
+                pass_fds=(write_marks,) if marks is not None else (),
+            )
+        except BaseException:
+            if marks is not None:
+                os.close(read_marks)
+            raise
+        finally:
+            if marks is not None:
+                os.close(write_marks)  # EOF once the counting processes are gone
+        reader = _read_marks(read_marks, marks) if marks is not None else None
         try:
             _wait_or_cancel(proc, timeout, cancel)
         except BaseException as exc:
@@ -552,6 +569,9 @@ def run_under(
                     "--perf-replay-max-time"
                 ) from None
             raise
+        finally:
+            if reader is not None:
+                reader.join(timeout=5)
     if proc.returncode != 0:
         tail = _tail(errfile) or _tail(log)
         raise CountError(
@@ -559,6 +579,40 @@ def run_under(
             + (f":\n{tail}" if tail else "")
         )
     return log
+
+
+#: The bytes a counting process writes on ``marks_fd``, and the phase each one ends.
+PHASE_MARKS: Mapping[bytes, str] = {b"L": "loaded", b"W": "warmed", b"C": "counted"}
+
+
+def _read_marks(fd: int, marks: dict[str, float]) -> threading.Thread:
+    """Time each phase mark as it arrives; a thread, so that marks need no polling."""
+
+    def read() -> None:
+        with os.fdopen(fd, "rb", buffering=0) as pipe:
+            while byte := pipe.read(1):
+                name = PHASE_MARKS.get(byte)
+                if name is not None:
+                    marks.setdefault(name, time.monotonic())
+
+    thread = threading.Thread(target=read, name="perfreplay-count-marks", daemon=True)
+    thread.start()
+    return thread
+
+
+def phases(
+    started: float, prewarmed: float, marks: Mapping[str, float], ended: float
+) -> dict[str, float]:
+    """Wall seconds of each part of one count, from the phase marks (empty if any is
+    missing): the native pre-run, valgrind's start-up to the loaded snapshot, the
+    warm-up calls, the counted processes, and the exit (valgrind writing its files)."""
+    if not all(name in marks for name in PHASE_MARKS.values()):
+        return {}
+    points = [started, prewarmed, marks["loaded"], marks["warmed"], marks["counted"], ended]
+    names = ("prewarm", "start-up", "warm-up", "counted processes", "exit")
+    return {
+        n: round(max(0.0, b - a), 3) for n, a, b in zip(names, points[:-1], points[1:], strict=True)
+    }
 
 
 def _wait_or_cancel(
@@ -624,6 +678,7 @@ def _children(
     workdir: Path,
     timeout: float,
     cancel: threading.Event | None = None,
+    marks: dict[str, float] | None = None,
 ) -> list[dict[str, float]]:
     """Per-call events of each forked process of one counting run."""
     bracket = job.method == "bracket"
@@ -635,6 +690,7 @@ def _children(
         workdir=workdir,
         timeout=timeout,
         cancel=cancel,
+        marks=marks,
     )
     assert job.manifest is not None
     listed = json.loads(Path(job.manifest).read_text())
@@ -722,13 +778,16 @@ def count_calls(
         cache_warm=method == "bracket" and mode == "cycles",
         pycache=bytecode_cache(),
     )
-    started = time.perf_counter()
+    started = time.monotonic()
+    marks: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="perfreplay-count-") as tmp:
         workdir = Path(tmp)
         job = CountJob(**{**base.__dict__, "manifest": str(workdir / "children.json")})
         prewarm(job, pycache=job.pycache, workdir=workdir, timeout=timeout)
-        per_events = _children(vg, mode, job, workdir, timeout, cancel)
-    elapsed = time.perf_counter() - started
+        prewarmed = time.monotonic()
+        per_events = _children(vg, mode, job, workdir, timeout, cancel, marks)
+    ended = time.monotonic()
+    elapsed = ended - started
     first = per_events[0]
     values = [cycles(e) if mode == "cycles" else e["Ir"] for e in per_events]
     mean, low, high, spread, summary_method = summarize(values, confidence)
@@ -776,4 +835,5 @@ def count_calls(
         import_roots=base.import_roots,
         counting=method,
         toggled=toggles,
+        phases=phases(started, prewarmed, marks, ended),
     )
