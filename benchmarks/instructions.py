@@ -32,7 +32,9 @@ Measured per workload:
 * **under load**: the ~1 ms workload counted beside a CPU hog (2 s busy, 1.3 s idle, on
   one core), against a count without it (measured first);
 * **warm-up**: a library call (pprint, textwrap, difflib; many functions entered once per
-  call) counted after W warm-up calls, against after 20: the planner's W must agree.
+  call) counted after W plain warm-up calls, and after W with the first call's code
+  quickened at once (CPython 3.11, what the planner does there), against after 20 plain
+  ones: the planner's W must agree.
 
 The valgrind is the one the plugin would use (``PERFREPLAY_VALGRIND``, else ``PATH``): on
 valgrind >= 3.22, differenced counts keep cachegrind's instrumentation to the counted
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import statistics
 import subprocess
@@ -58,6 +61,7 @@ import time
 from pathlib import Path
 
 from pytest_perfreplay.replay.deterministic import count_both_sides, deterministic_verdict
+from pytest_perfreplay.replay.quicken import supported as quicken_supported
 from pytest_perfreplay.replay.valgrind import (
     CountResult,
     Method,
@@ -235,6 +239,7 @@ class Counter:
         self.native = native
         self.vg = vg or preflight()
         self.toggles = toggles_available(self.vg)  # as the plugin plans on this valgrind
+        self.quicken = quicken_supported()  # and on this interpreter
         self.counts = 0
         self.method: Method | None = None  # None: what the plugin would choose here
 
@@ -245,6 +250,7 @@ class Counter:
         folder: str | None = None,
         *,
         warmup: int | None = None,
+        quicken: bool | None = None,
         cancel: threading.Event | None = None,
     ) -> CountResult:
         p = self.plan(workload)
@@ -260,12 +266,18 @@ class Counter:
             valgrind=self.vg,
             method=self.method or p.method,
             toggles=p.toggles,
+            quicken=p.quicken if quicken is None else quicken,
             cancel=cancel,
         )
 
     def plan(self, workload: str) -> Plan:
         return plan(
-            self.native[workload], 0.0, processes=3, method=self.method, toggles=self.toggles
+            self.native[workload],
+            0.0,
+            processes=3,
+            method=self.method,
+            toggles=self.toggles,
+            quicken=self.quicken,
         )
 
     def pair(self, workload: str) -> float:
@@ -353,14 +365,20 @@ def main() -> None:
             f"\n## warm-up (wreal: pprint, textwrap and difflib, "
             f"{natives['wreal'] * 1e3:.1f} ms native): per-call count after W warm-up calls"
         )
-        steady = count("wreal", 0.0, warmup=20)
-        planned = count.plan("wreal").warmup
-        for w in sorted({2, planned} if args.quick else {2, 6, 7, planned, 10}):
-            r = count("wreal", 0.0, warmup=w)
+        steady = count("wreal", 0.0, warmup=20, quicken=False)
+        p = count.plan("wreal")
+        tried = [(w, False) for w in ((2, 8) if args.quick else (2, 6, 7, 8, 10))]
+        if p.quicken:  # the first call's code quickened at once (CPython 3.11)
+            tried += [(w, True) for w in sorted({2, p.warmup})]
+        for w, quick in tried:
+            r = count("wreal", 0.0, warmup=w, quicken=quick)
+            planner = w == p.warmup and quick == p.quicken
             say(
-                f"W={w}{' (the planner)' if w == planned else ''}: {r.estimate:,.0f} "
+                f"W={w}{', quickened after the first' if quick else ''}"
+                f"{' (the planner)' if planner else ''}: {r.estimate:,.0f} "
                 f"instructions per call, {r.estimate / steady.estimate - 1:+.2%} against W=20 "
-                f"({steady.estimate:,.0f}); process spread {pct(r.spread)}"
+                f"plain ({steady.estimate:,.0f}); process spread {pct(r.spread)}; "
+                f"warm-up {r.phases.get('warm-up', math.nan):.2f} s"
             )
         for workload in workloads:
             say(f"\n## {workload}")

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,7 @@ from pytest_perfreplay.replay.paired import PairedVerdict
 from pytest_perfreplay.replay.valgrind import (
     CYCLES_FORMULA,
     MIN_WARMUP,
+    QUICKENED_WARMUP,
     CountError,
     CountResult,
     Valgrind,
@@ -419,6 +421,74 @@ def test_every_count_is_warmed_up_past_quickening_whatever_the_call_length() -> 
         for method in ("bracket", "difference"):
             assert plan(seconds, 0.0, processes=3, method=method).warmup >= MIN_WARMUP >= 8
     assert plan(1e-3, 0.0, processes=3).warmup == 10  # short calls fill 50 ms of warm-up
+    # Where the counting process quickens what the first call entered: 3, whatever the
+    # call's length (one to enter, one to quicken and specialize, one settled).
+    for seconds in (1e-5, 1e-3, 0.02, 1.0):
+        quick = plan(seconds, 0.0, processes=3, quicken=True)
+        assert quick.quicken and quick.warmup == QUICKENED_WARMUP == 3
+
+
+def test_quickening_at_once_takes_what_a_call_entered_and_nothing_else() -> None:
+    """CPython 3.11 quickens a code object on its 8th entry; after one call, what the
+    call entered quickens on its next entry, and code it never entered is left alone."""
+    import dis
+
+    from pytest_perfreplay.replay.quicken import FRESH, _warmup, quicken_entered, supported
+
+    if sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11):
+        assert not supported()
+        assert quicken_entered() == 0
+        return
+    assert supported()
+    scope: dict[str, Any] = {}
+    exec(  # fresh code objects, not shared with any other test
+        "def inner(x):\n"
+        "    return x + 1\n"
+        "def entered(n):\n"
+        "    squares = [i * i for i in (n, n)]\n"
+        "    return inner(squares[0])\n"
+        "def never(n):\n"
+        "    return n - 1\n",
+        scope,
+    )
+    entered, inner, never = scope["entered"], scope["inner"], scope["never"]
+    (comprehension,) = [c for c in entered.__code__.co_consts if hasattr(c, "co_code")]
+
+    def first_op(code: Any) -> str:
+        return next(iter(dis.get_instructions(code, adaptive=True))).opname
+
+    entered(3)
+    for code in (entered.__code__, inner.__code__, comprehension):
+        # one up per entry and per backward jump (the comprehension loops twice)
+        assert FRESH < _warmup(code).value < 0 and first_op(code) != "RESUME_QUICK"
+    assert quicken_entered() >= 3
+    assert _warmup(never.__code__).value == FRESH  # never entered: untouched
+    entered(3)  # the second call: every code object it enters quickens on entry
+    for code in (entered.__code__, inner.__code__, comprehension):
+        assert first_op(code) == "RESUME_QUICK", code.co_name
+    never(3)
+    assert _warmup(never.__code__).value == FRESH + 1  # counts its own eight, as before
+    assert first_op(never.__code__) != "RESUME_QUICK"
+
+
+def test_quickening_is_refused_where_the_interpreter_cannot(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A count asked to quicken at once on another interpreter fails with what to do,
+    rather than counting code the warm-up left cold."""
+    import pytest_perfreplay.replay.quicken as quicken
+    import pytest_perfreplay.replay.valgrind as valgrind
+    from pytest_perfreplay.replay.counting import _quicken
+
+    monkeypatch.setattr(valgrind, "quicken_supported", lambda: False)
+    vg = Valgrind("/usr/bin/valgrind", (3, 24, 0), None)
+    with pytest.raises(CountError, match="needs CPython 3.11 .* 8 plain warm-up calls"):
+        valgrind.count_calls(
+            tmp_path / "x.prsnap", "m:f", store=tmp_path, valgrind=vg, quicken=True
+        )
+    monkeypatch.setattr(quicken, "supported", lambda: False)
+    with pytest.raises(RuntimeError, match="do not have CPython 3.11's layout"):
+        _quicken()
 
 
 def test_the_planner_takes_the_method_its_estimate_says_costs_less() -> None:

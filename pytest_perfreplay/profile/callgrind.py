@@ -316,11 +316,13 @@ def profile_instructions(
     previous: Any | None = None,
     threshold: float = 0.02,
     top: int = 5,
+    quicken: bool = False,
 ) -> InstructionProfile:
     """Profile ``calls`` replayed calls under callgrind into ``out`` (a speedscope file).
 
     ``previous`` is the last ledger entry in the same unit (``.profile``,
     ``.profile_calls``, ``.iteration``); its profile is diffed per call, exactly.
+    ``quicken``: warmed up as the count was (:mod:`..replay.quicken`).
     """
     import json
     import tempfile
@@ -351,6 +353,7 @@ def profile_instructions(
         children=1,
         method="bracket" if bracket_available() else "difference",
         pycache=bytecode_cache(),  # set up as the count's processes are: same heap state
+        quicken=quicken and warmup > 0,
     )
     with tempfile.TemporaryDirectory(prefix="perfreplay-callgrind-") as tmp:
         job = replace(job, manifest=str(Path(tmp) / "children.json"))

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .call import Replayer
     from .history import Entry
     from .session import ItemOutcome, ReplaySession
-    from .valgrind import Valgrind
+    from .valgrind import Plan, Valgrind
 
 #: Said once per session in this mode: what a count cannot see.
 BLIND_SPOTS = (
@@ -373,7 +373,9 @@ def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
     lines = [
         f"  {words} per call {_fmt_count(result.estimate)}  {result.confidence:.0%} CI {ci}  "
         f"spread {_pct(result.spread)} over {result.processes} processes (deterministic)",
-        f"  {result.calls} counted calls after {result.warmup} warm-up per process, each "
+        f"  {result.calls} counted calls after {result.warmup} warm-up per process"
+        + (" (the first's code quickened at once)" if result.quickened else "")
+        + ", each "
         + (
             "call bracketed by callgrind client requests, minus the same bracket around a no-op"
             if result.counting == "bracket"
@@ -421,6 +423,7 @@ def count_item(
     """Count one snapshot's call, report it, and keep it in the history with its unit."""
     from ..snapshot.format import code_hash
     from .history import Entry, Ledger, git_state, now
+    from .quicken import supported as quicken_supported
     from .session import ReplayFailure
     from .valgrind import CountError, count_calls, plan, preflight, toggles_available, too_long
 
@@ -444,6 +447,7 @@ def count_item(
         plain.unpickle,
         processes=processes,
         toggles=toggles_available(vg, mode),
+        quicken=quicken_supported(),
     )
     budget = cfg.max_time if cfg.max_time_explicit else DEFAULT_BUDGET
     paired = state.baseline is not None
@@ -473,6 +477,7 @@ def count_item(
         valgrind=vg,
         method=p.method,
         toggles=p.toggles,
+        quicken=p.quicken,
     )
     path = snapshot.path
     baseline = state.baseline
@@ -523,7 +528,7 @@ def count_item(
         outcome.measure_lines.append(f"  change: {v.line()}")
     profile_calls = None
     if cfg.profiler:
-        profile_calls = _profile(state, outcome, snapshot, target, p.warmup, p.calls, vg, same_unit)
+        profile_calls = _profile(state, outcome, snapshot, target, p, vg, same_unit)
     commit, dirty = git_state(rootdir)
     ledger.append(
         Entry(
@@ -584,8 +589,7 @@ def _profile(
     outcome: ItemOutcome,
     snapshot: Snapshot,
     target: str,
-    warmup: int,
-    calls: int,
+    p: Plan,
     vg: Valgrind,
     same_unit: list[Entry],
 ) -> int | None:
@@ -611,10 +615,11 @@ def _profile(
             target=target,
             store=state.store.root,
             allow_unsigned=cfg.allow_unsigned,
-            warmup=warmup,
-            calls=calls,
+            warmup=p.warmup,
+            calls=p.calls,
             gc=cfg.gc,
             out=out,
+            quicken=p.quicken,
             name=f"{target} [{snapshot.id}]",
             exporter=f"pytest-perfreplay@{__version__}",
             timeout=max(60.0, 2 * (cfg.max_time if cfg.max_time_explicit else DEFAULT_BUDGET)),
