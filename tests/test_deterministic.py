@@ -539,9 +539,10 @@ def test_cachegrind_toggles_keep_start_up_and_warm_up_out_of_the_instrumented_co
     assert not plan(0.1, 0.0, processes=3, method="bracket", toggles=True).toggles
     if bracket_available():
         # With the parent uninstrumented either way, cachegrind's cheaper counted calls win
-        # from ~10 ms; below, its 9 processes' re-translation after the switch (~0.2 s
-        # each) outweighs them. Measured on valgrind 3.24: 1 ms, 2.09 s bracketed against
-        # 2.86 s toggled; 10 ms, 3.55 s against 3.51 s; 100 ms, 20.1 s against 10.8 s.
+        # from ~10 ms; below, its forked processes' re-translation after the switch (~0.2 s
+        # each; 9 processes then, 6 now) outweighs them. Measured on valgrind 3.24 with 9:
+        # 1 ms, 2.09 s bracketed against 2.86 s toggled; 10 ms, 3.55 s against 3.51 s;
+        # 100 ms, 20.1 s against 10.8 s.
         assert plan(0.1, 0.0, processes=3, toggles=True).method == "difference"
         assert plan(0.01, 0.0, processes=3, toggles=True).method == "difference"
         assert plan(0.001, 0.0, processes=3, toggles=True).method == "bracket"

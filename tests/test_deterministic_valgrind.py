@@ -509,8 +509,8 @@ def test_a_session_on_a_newer_valgrind_counts_toggled_and_agrees_with_the_older(
         if (parse_version(counts[name]["valgrind"]) or ()) >= (3, 22):
             result.stdout.fnmatch_lines(
                 [
-                    "*cachegrind total minus that of two forked beside it without the calls "
-                    "(instrumented from its loop's start to its end only); valgrind 3.2*"
+                    "*cachegrind total minus that of one forked beside it without the calls "
+                    "(each instrumented from its loop's start to its end only); valgrind 3.2*"
                 ]
             )
     new, system = counts["new"], counts["system"]

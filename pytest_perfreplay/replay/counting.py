@@ -21,7 +21,9 @@ the file name) when it exits.
   reference, counted, reference. All three unpickle the same ``calls`` fresh argument sets
   and apply the same GC policy; only the counted one makes the calls. The per-call count
   is counted minus the mean of the two references, divided by ``calls``: what the parent
-  ran between two forks (a constant, once its fork loop is warmed up) cancels too.
+  ran between two forks (a constant, once its fork loop is warmed up) cancels too. With
+  ``toggles`` nothing the parent ran is counted, so one reference per index is enough:
+  reference, counted.
 
 Children wait on a pipe until the last fork is done, so no child's exit lands between two
 forks. With ``marker`` set (the callgrind profile) one child is forked, as the count's
@@ -233,9 +235,8 @@ def _fork_counts(
     elif bracket:
         roles = [(i, "bracket") for i in range(children)]
     else:
-        roles = [
-            (i, kind) for i in range(children) for kind in ("reference", "counted", "reference")
-        ]
+        kinds = ("reference", "counted") if toggles else ("reference", "counted", "reference")
+        roles = [(i, kind) for i in range(children) for kind in kinds]
     gc.disable()  # a collection between two forks would shift one child's count only
     _wait(_spawn([(0, "settle")] * SETTLE_FORKS, None))
     pids = _spawn(roles, child)

@@ -379,8 +379,13 @@ def count_lines(result: CountResult, plain: PlainCalls) -> list[str]:
         + (
             "call bracketed by callgrind client requests, minus the same bracket around a no-op"
             if result.counting == "bracket"
-            else "process's cachegrind total minus that of two forked beside it without the calls"
-            + (" (instrumented from its loop's start to its end only)" if result.toggled else "")
+            else "process's cachegrind total minus "
+            + (
+                "that of one forked beside it without the calls (each instrumented from its "
+                "loop's start to its end only)"
+                if result.toggled
+                else "that of two forked beside it without the calls"
+            )
         )
         + f"; valgrind {result.valgrind}, {result.elapsed:.1f} s{phase_words(result.phases)}",
     ]

@@ -268,10 +268,12 @@ class Plan:
             work = child * self.processes
         else:
             parent = startup + (off if self.toggles else self._slow(mode)) * self.warmup * per
-            # per index: the counted process, and two references that only unpickle
-            work = self._slow(mode) * self.calls * (per + 2 * self.native_args)
+            # per index: the counted process, and references that only unpickle (two;
+            # one when toggled)
+            refs = 1 if self.toggles else 2
+            work = self._slow(mode) * self.calls * (per + refs * self.native_args)
             if self.toggles:
-                work += 3 * TOGGLED_PROCESS_SECONDS
+                work += (1 + refs) * TOGGLED_PROCESS_SECONDS
             work *= self.processes
         return prewarm + parent + work / max(1, min(jobs, self.processes))
 
@@ -726,6 +728,11 @@ def _children(
             calls, noop = totals(child["pid"], ".1"), totals(child["pid"], ".2")
             per.append({k: (calls[k] - noop.get(k, 0)) / job.calls for k in calls})
         return per
+    if job.toggles:  # reference, counted: nothing before the switch is counted
+        for i in range(0, len(listed), 2):
+            ref, counted = (totals(c["pid"]) for c in listed[i : i + 2])
+            per.append({k: (counted[k] - ref.get(k, 0)) / job.calls for k in counted})
+        return per
     for i in range(0, len(listed), 3):
         ref_a, counted, ref_b = (totals(c["pid"]) for c in listed[i : i + 3])
         per.append(
@@ -830,14 +837,11 @@ def count_calls(
             + (", after one instrumented cache-warming call" if mode == "cycles" else "")
         )
     else:
-        how = (
-            f"{forked}; each counted {calls} calls under cachegrind, minus the mean of two "
-            "reference processes forked beside it that made no calls"
-            + (
-                " (instrumentation switched on in each process for its loop only)"
-                if toggles
-                else ""
-            )
+        how = f"{forked}; each counted {calls} calls under cachegrind, minus " + (
+            "a reference process forked beside it that made no calls (instrumentation "
+            "switched on in each process for its loop only)"
+            if toggles
+            else "the mean of two reference processes forked beside it that made no calls"
         )
     return CountResult(
         unit=mode,
