@@ -197,6 +197,9 @@ def test_instructions_are_counted_reported_kept_and_compared(
     # pytest-benchmark's stats stay seconds (plain calls), never counts.
     assert 0 < b["stats"]["median"] < 1 and b["stats"]["rounds"] >= 1
     assert "PYTHONHASHSEED=0" in counts["method"] and counts["counting"] == "bracket"
+    # where the count's time went, and how it warmed up, are in the JSON too
+    assert list(counts["phases"]) == ["prewarm", "start-up", "warm-up", "counted processes", "exit"]
+    assert counts["quickened"] is quicken_supported()
     assert "between client-request toggles" in counts["method"]
 
     (entry,) = ledger_entries(pytester)
