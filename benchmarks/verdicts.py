@@ -30,7 +30,9 @@ wall time per comparison. Tables are printed after every cell (a long run's part
 is usable).
 
 Usage: ``python benchmarks/verdicts.py [--quick] [--aa N] [--power N] [--workloads ...]
-[--conditions quiet,loaded] [--arms ...]``. ``--quick``: 2 A/A and 1 power trial per
+[--conditions quiet,loaded] [--arms ...]``; ``--trials LOG`` runs nothing and summarizes
+the ``paired trial`` lines of an earlier run's output (interval widths, how comparisons
+ended, the A/A ratios' lean). ``--quick``: 2 A/A and 1 power trial per
 slowdown per cell, shorter budgets (a smoke check of minutes). The full mode runs 100 A/A
 comparisons per cell: hours.
 """
@@ -47,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -506,6 +508,37 @@ def print_table(rows: list[tuple[str, str, str, Tally]]) -> None:
     sys.stdout.flush()
 
 
+def summarize_trials(lines: Sequence[str]) -> list[str]:
+    """What a run's ``paired trial`` lines say beyond the table, per condition and
+    slowdown: how the comparisons ended, how wide their intervals were, and whether the
+    A/A ratios lean to one side (the geometric mean, and its t statistic over trials)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for line in lines:
+        if line.startswith("paired trial "):
+            trial = json.loads(line[len("paired trial ") :])
+            groups.setdefault((trial["condition"], trial["slow"]), []).append(trial)
+    out = []
+    for (condition, slow), trials in sorted(groups.items()):
+        logs = [math.log(t["ratio"]) for t in trials]
+        mean = statistics.fmean(logs)
+        t_stat = (
+            mean / (statistics.stdev(logs) / math.sqrt(len(logs))) if len(logs) > 2 else math.nan
+        )
+        half = statistics.median((t["high"] - t["low"]) / 2 / t["ratio"] for t in trials)
+        budget = sum("budget" in t["stop_reason"] for t in trials)
+        pp = [t["process_pairs"] for t in trials]
+        what = "A/A" if slow == 0 else f"{slow:.0%} slower"
+        significant = sum(t["significant"] for t in trials)
+        out.append(
+            f"{condition}, {what}: {len(trials)} comparisons, {significant} significant; "
+            f"ratio geometric mean {math.exp(mean):.4f} (t {t_stat:.2f} over the comparisons); "
+            f"interval half-width median {half:.2%}; {len(trials) - budget} decided,"
+            f" {budget} on the budget; {min(pp)}-{max(pp)} process pairs; wall median "
+            f"{statistics.median(t['wall'] for t in trials):.1f} s"
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke check: minutes, not hours")
@@ -520,7 +553,15 @@ def main() -> None:
         default=None,
         help="import pytest_perfreplay from this folder in the sessions (another checkout)",
     )
+    parser.add_argument(
+        "--trials",
+        metavar="LOG",
+        help="no run: summarize the 'paired trial' lines of an earlier run's output",
+    )
     args = parser.parse_args()
+    if args.trials:
+        print("\n".join(summarize_trials(Path(args.trials).read_text().splitlines())))
+        return
     aa = args.aa if args.aa is not None else (2 if args.quick else 100)
     power = args.power if args.power is not None else (1 if args.quick else 40)
     arms = args.arms.split(",")
