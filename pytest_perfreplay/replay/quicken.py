@@ -32,9 +32,6 @@ _FLAGS_OFFSET = 48
 _WARMUP_OFFSET = 52
 #: QUICKENING_INITIAL_WARMUP_VALUE: a code object that has never run.
 FRESH = -8
-#: Warm-up calls when quickening is forced: one to enter the code, one that quickens and
-#: specializes it, one more for what the second left to specialize.
-FORCED_WARMUP = 3
 
 
 def _warmup(code: types.CodeType) -> ctypes.c_short:

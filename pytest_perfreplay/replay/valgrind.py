@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import PerfReplayError
-from .quicken import FORCED_WARMUP
 from .quicken import supported as quicken_supported
 
 Mode = Literal["instructions", "cycles"]
@@ -121,10 +120,10 @@ ONE_CALL_SECONDS = 0.005
 #: One more than the 7 that needed, for headroom.
 MIN_WARMUP = 8
 #: Where the counting process can quicken what the first call entered (CPython 3.11,
-#: :mod:`.quicken`), 3 for every call. Measured on a pprint/textwrap/difflib call: after 3
-#: so warmed, +0.009% against after 20 plain calls (after 8 plain, +0.045%; after 2 plain,
-#: +5.8%).
-QUICKENED_WARMUP = FORCED_WARMUP
+#: :mod:`.quicken`), 3 for every call: one enters the code, one quickens and specializes
+#: it, one settles what the second left. benchmarks/instructions.py, the same library
+#: call: after 3 so warmed, -0.03% against after 20 plain calls (8 plain: -0.09%).
+QUICKENED_WARMUP = 3
 #: Short calls get up to this many, filling WARMUP_NATIVE_SECONDS (more entries for
 #: their code before it is counted).
 WARMUP_NATIVE_SECONDS = 0.05
@@ -728,15 +727,17 @@ def _children(
             calls, noop = totals(child["pid"], ".1"), totals(child["pid"], ".2")
             per.append({k: (calls[k] - noop.get(k, 0)) / job.calls for k in calls})
         return per
-    if job.toggles:  # reference, counted: nothing before the switch is counted
-        for i in range(0, len(listed), 2):
-            ref, counted = (totals(c["pid"]) for c in listed[i : i + 2])
-            per.append({k: (counted[k] - ref.get(k, 0)) / job.calls for k in counted})
-        return per
-    for i in range(0, len(listed), 3):
-        ref_a, counted, ref_b = (totals(c["pid"]) for c in listed[i : i + 3])
+    # reference, counted, reference; toggled, nothing before the switch is counted, so
+    # one reference is enough: reference, counted
+    size = 2 if job.toggles else 3
+    for i in range(0, len(listed), size):
+        ref, counted, *more = (totals(c["pid"]) for c in listed[i : i + size])
+        refs = [ref, *more]
         per.append(
-            {k: (counted[k] - (ref_a.get(k, 0) + ref_b.get(k, 0)) / 2) / job.calls for k in counted}
+            {
+                k: (counted[k] - sum(r.get(k, 0) for r in refs) / len(refs)) / job.calls
+                for k in counted
+            }
         )
     return per
 
