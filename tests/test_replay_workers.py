@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -146,3 +147,84 @@ def test_a_worker_process_starts_without_numpy() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.strip()
     assert out == "", f"a worker's start-up imports {out}"
+
+
+def test_each_worker_draws_its_own_layout_within_its_spans() -> None:
+    import random
+
+    from pytest_perfreplay.replay.workers import (
+        HEAP_PAD_PARTS,
+        MALLOC_PAD_SPAN,
+        STACK_PAD_SPAN,
+        _worker_env,
+        hold_layout,
+    )
+
+    rng = random.Random(7)
+    drawn = [hold_layout_spec(_worker_env(rng)) for _ in range(40)]
+    assert len(set(drawn)) == 40  # every process somewhere else
+    for heap, malloc, stack in drawn:
+        assert 0 <= heap < HEAP_PAD_PARTS
+        assert 0 <= malloc < MALLOC_PAD_SPAN and malloc % 16 == 0
+        assert 0 <= stack < STACK_PAD_SPAN
+    # The draws cover their spans rather than clustering at one end.
+    assert max(s for *_, s in drawn) - min(s for *_, s in drawn) > STACK_PAD_SPAN // 2
+    assert len({h for h, *_ in drawn}) > HEAP_PAD_PARTS // 2
+    with pytest.raises(ValueError, match="PART/WHOLE BYTES"):
+        hold_layout({"PERFREPLAY_LAYOUT": "half"})
+    with pytest.raises(ValueError, match="out of range"):
+        hold_layout({"PERFREPLAY_LAYOUT": "16/16 0"})
+    assert hold_layout({}) == {}
+
+
+def hold_layout_spec(env: dict[str, str]) -> tuple[int, int, int]:
+    heap, malloc = env["PERFREPLAY_LAYOUT"].split(" ")
+    return int(heap.split("/")[0]), int(malloc), len(env["PERFREPLAY_STACK_PAD"])
+
+
+def test_a_worker_layout_really_moves_its_heap_and_stack() -> None:
+    """In real processes with ASLR off (so only our pads move things): the pad's blocks are
+    held, and the stack starts lower by the environment bytes the pad adds."""
+    import shutil
+    import subprocess
+    import sys
+
+    setarch = shutil.which("setarch")
+    if setarch is None:
+        pytest.skip("setarch (util-linux) is needed to turn ASLR off")
+    probe = (
+        "import json, os, sys\n"
+        "from pytest_perfreplay.replay.workers import hold_layout\n"
+        "before = sys.getallocatedblocks()\n"
+        "applied = hold_layout(os.environ)\n"
+        "held = sys.getallocatedblocks() - before\n"
+        "start = int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[25])\n"
+        "print(json.dumps({'applied': applied, 'held': held, 'stack': start}))\n"
+    )
+
+    def probe_with(heap: int, stack: int) -> dict[str, object]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PERFREPLAY_")}
+        env["PERFREPLAY_LAYOUT"] = f"{heap}/16 4096"
+        env["PERFREPLAY_STACK_PAD"] = "." * stack
+        out = subprocess.run(
+            [setarch, "-R", sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            timeout=60,
+        ).stdout
+        return dict(json.loads(out))
+
+    low, high = probe_with(0, 0), probe_with(15, 2000)
+    assert high["applied"] == {
+        "heap_part": 15,
+        "heap_whole": 16,
+        "malloc_pad": 4096,
+        "stack_pad": 2000,
+    }
+    # 15/16 of a pool of every size class: thousands of blocks; none at part 0.
+    assert isinstance(high["held"], int) and isinstance(low["held"], int)
+    assert high["held"] - low["held"] > 2000
+    moved = int(str(low["stack"])) - int(str(high["stack"]))
+    assert 2000 - 16 <= moved <= 2000 + 16, moved

@@ -424,10 +424,13 @@ class WorkerProcess:
         self._err.close()
 
 
-def side_env(pythonpath: str | None, seed: int, pycache: str | None = None) -> dict[str, str]:
-    """A worker's environment: its own hash seed, the baseline's roots first if given, and
-    the bytecode cache both sides share (see :func:`compare_with_baseline`)."""
-    env = _worker_env()
+def side_env(
+    pythonpath: str | None, seed: int, pycache: str | None = None, rng: random.Random | None = None
+) -> dict[str, str]:
+    """A worker's environment: its own hash seed and memory layout, the baseline's roots
+    first if given, and the bytecode cache both sides share (see
+    :func:`compare_with_baseline`)."""
+    env = _worker_env(rng)
     env["PYTHONHASHSEED"] = str(seed)
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
@@ -453,14 +456,14 @@ def start_pairs(
         for i in range(process_pairs):
             base = WorkerProcess(
                 base_job,
-                env=side_env(baseline_path, rng.randrange(1, 2**32 - 1), pycache),
+                env=side_env(baseline_path, rng.randrange(1, 2**32 - 1), pycache, rng),
                 cwd=baseline_cwd,
                 label=f"baseline #{i + 1}",
             )
             started.append((base, base))
             cand = WorkerProcess(
                 cand_job,
-                env=side_env(None, rng.randrange(1, 2**32 - 1), pycache),
+                env=side_env(None, rng.randrange(1, 2**32 - 1), pycache, rng),
                 cwd=None,
                 label=f"candidate #{i + 1}",
             )

@@ -25,13 +25,14 @@ import contextlib
 import json
 import math
 import os
+import random
 import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
@@ -168,14 +169,71 @@ def run_processes(
 # -- parent side: one worker --------------------------------------------------------------
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(rng: random.Random | None = None) -> dict[str, str]:
     env = dict(os.environ)
     # A fresh hash seed per process is part of the between-process noise we want to see.
     env.pop("PYTHONHASHSEED", None)
     env["PERFREPLAY_CAPTURE"] = "0"
     # The parent may import the target through sys.path entries (rootdir, pythonpath ini).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.update(layout_env(rng or random.Random()))
     return env
+
+
+# -- memory layout, drawn per process -------------------------------------------------------
+
+#: Environment bytes that move a worker's stack: a page's worth, so every alignment occurs.
+STACK_PAD_SPAN = 4096
+#: The heap pad's place in pymalloc's pools, in parts of a pool (see :mod:`.heappad`).
+HEAP_PAD_PARTS = 16
+#: Bytes held on malloc's heap, which move every larger object made after them.
+MALLOC_PAD_SPAN = 65536
+
+
+def layout_env(rng: random.Random) -> dict[str, str]:
+    """Variables that put a worker at a random place in memory.
+
+    Two sides that import the same code from different folders (a baseline checkout and
+    today's tree, with different paths and environments) start from different layouts,
+    the same for every process of a side; layout moves a call's time, so identical code
+    can read as a change. Drawn per process, a layout is part of the between-process
+    noise the statistic already sees, and no longer a bias. The stack moves with the
+    environment's size (the kernel puts it above the stack), the heaps with pads the
+    worker holds for its life (:func:`hold_layout`).
+    """
+    heap = rng.randrange(HEAP_PAD_PARTS)
+    malloc = rng.randrange(MALLOC_PAD_SPAN // 16) * 16
+    return {
+        "PERFREPLAY_LAYOUT": f"{heap}/{HEAP_PAD_PARTS} {malloc}",
+        "PERFREPLAY_STACK_PAD": "." * rng.randrange(STACK_PAD_SPAN),
+    }
+
+
+_HELD: list[object] = []
+
+
+def hold_layout(environ: Mapping[str, str]) -> dict[str, int]:
+    """Make and keep the heap pads ``PERFREPLAY_LAYOUT`` asks for (before the target's
+    module is imported, so its objects land after them); returns what was applied."""
+    spec = environ.get("PERFREPLAY_LAYOUT")
+    if not spec:
+        return {}
+    match = re.fullmatch(r"(\d+)/(\d+) (\d+)", spec)
+    if match is None:
+        raise ValueError(f"PERFREPLAY_LAYOUT must read 'PART/WHOLE BYTES', not {spec!r}")
+    part, whole, malloc = (int(g) for g in match.groups())
+    if not 0 <= part < whole or malloc > 1 << 20:
+        raise ValueError(f"PERFREPLAY_LAYOUT out of range: {spec!r}")
+    from .heappad import heap_pad
+
+    _HELD.extend(heap_pad(part, whole))
+    _HELD.append(bytearray(malloc))
+    return {
+        "heap_part": part,
+        "heap_whole": whole,
+        "malloc_pad": malloc,
+        "stack_pad": len(environ.get("PERFREPLAY_STACK_PAD", "")),
+    }
 
 
 def spawn_worker(job: WorkerJob, on_sample: Callable[[float], None]) -> WorkerRun:
@@ -350,7 +408,9 @@ def unpickle_refusal(exc: BaseException) -> Refusal:
     return Refusal("unpickle", f"{what} ({text})")
 
 
-def serve(job: WorkerJob, commands: IO[str], out: IO[str]) -> None:
+def serve(
+    job: WorkerJob, commands: IO[str], out: IO[str], *, layout: dict[str, int] | None = None
+) -> None:
     """Load the snapshot once, then answer the parent's commands, one line each.
 
     ``warm`` (calls until warmup settles), ``run M`` (M fresh-argument calls, their median),
@@ -394,7 +454,7 @@ def serve(job: WorkerJob, commands: IO[str], out: IO[str]) -> None:
         out.write(f"{kind} {json.dumps(data)}\n")
         out.flush()
 
-    reply("ready", {"module_file": module_file, "pid": os.getpid()})
+    reply("ready", {"module_file": module_file, "pid": os.getpid(), "layout": layout or {}})
     try:
         for line in commands:
             command, _, rest = line.strip().partition(" ")
@@ -462,9 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     out = os.fdopen(int(args[0]), "w", buffering=1 << 16)
     try:
+        layout = hold_layout(os.environ)
         if args[1:] == ["serve"]:  # a persistent worker of a paired comparison
             job = WorkerJob(**json.loads(sys.stdin.readline()))
-            serve(job, sys.stdin, out)
+            serve(job, sys.stdin, out, layout=layout)
         else:
             job = WorkerJob(**json.loads(sys.stdin.read()))
             _worker(job, out)
