@@ -508,10 +508,21 @@ def print_table(rows: list[tuple[str, str, str, Tally]]) -> None:
     sys.stdout.flush()
 
 
+def sign_test(k: int, n: int) -> float:
+    """Two-sided exact binomial p of ``k`` of ``n`` ratios above 1.0 when each side is as
+    likely: the lean check that no outlier can make."""
+    if n == 0:
+        return 1.0
+    far = max(k, n - k)
+    tail = sum(math.comb(n, j) for j in range(far, n + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def summarize_trials(lines: Sequence[str]) -> list[str]:
     """What a run's ``paired trial`` lines say beyond the table, per condition and
     slowdown: how the comparisons ended, how wide their intervals were, and whether the
-    A/A ratios lean to one side (the geometric mean, and its t statistic over trials)."""
+    A/A ratios lean to one side (the geometric mean with its t statistic over trials, and
+    a sign test)."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for line in lines:
         if line.startswith("paired trial "):
@@ -529,9 +540,12 @@ def summarize_trials(lines: Sequence[str]) -> list[str]:
         pp = [t["process_pairs"] for t in trials]
         what = "A/A" if slow == 0 else f"{slow:.0%} slower"
         significant = sum(t["significant"] for t in trials)
+        above = sum(t["ratio"] > 1 for t in trials)
+        sign_p = sign_test(above, len(trials))
         out.append(
             f"{condition}, {what}: {len(trials)} comparisons, {significant} significant; "
             f"ratio geometric mean {math.exp(mean):.4f} (t {t_stat:.2f} over the comparisons); "
+            f"above 1.0 in {above} of {len(trials)} (sign test p {sign_p:.2g}); "
             f"interval half-width median {half:.2%}; {len(trials) - budget} decided,"
             f" {budget} on the budget; {min(pp)}-{max(pp)} process pairs; wall median "
             f"{statistics.median(t['wall'] for t in trials):.1f} s"

@@ -1,0 +1,64 @@
+"""The statistics the benchmark scripts print, on inputs whose answers are known."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "verdicts_script", ROOT / "benchmarks" / "verdicts.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+    return module
+
+
+def test_sign_test_is_the_exact_two_sided_binomial(verdicts: ModuleType) -> None:
+    assert verdicts.sign_test(5, 10) == 1.0
+    assert verdicts.sign_test(10, 10) == pytest.approx(2 / 1024)
+    assert verdicts.sign_test(0, 10) == pytest.approx(2 / 1024)
+    # 8 of 10: P(X >= 8) = (45 + 10 + 1) / 1024, doubled
+    assert verdicts.sign_test(8, 10) == pytest.approx(2 * 56 / 1024)
+    assert verdicts.sign_test(0, 0) == 1.0
+
+
+def test_trial_summary_reports_lean_by_mean_and_by_sign(verdicts: ModuleType) -> None:
+    def line(ratio: float, slow: float = 0.0) -> str:
+        trial = {
+            "ratio": ratio,
+            "low": ratio - 0.02,
+            "high": ratio + 0.02,
+            "significant": False,
+            "process_pairs": 16,
+            "pairs": 128,
+            "stop_reason": "budget spent (time) before a decision",
+            "wall": 50.0,
+            "slow": slow,
+            "condition": "loaded",
+        }
+        return "paired trial " + json.dumps(trial)
+
+    lines = [line(r) for r in (1.01, 1.02, 0.99, 1.03)] + ["noise", line(1.05, 0.05)]
+    aa, slower = verdicts.summarize_trials(lines)
+    mean = math.exp(sum(math.log(r) for r in (1.01, 1.02, 0.99, 1.03)) / 4)
+    assert aa.startswith("loaded, A/A: 4 comparisons, 0 significant")
+    assert f"geometric mean {mean:.4f}" in aa
+    assert "above 1.0 in 3 of 4 (sign test p 0.62)" in aa
+    assert "4 on the budget; 16-16 process pairs; wall median 50.0 s" in aa
+    assert slower.startswith("loaded, 5% slower: 1 comparisons")
