@@ -222,7 +222,7 @@ def hold_layout(environ: Mapping[str, str]) -> dict[str, int]:
     if match is None:
         raise ValueError(f"PERFREPLAY_LAYOUT must read 'PART/WHOLE BYTES', not {spec!r}")
     part, whole, malloc = (int(g) for g in match.groups())
-    if not 0 <= part < whole or malloc > 1 << 20:
+    if not 0 <= part < whole or malloc >= MALLOC_PAD_SPAN:
         raise ValueError(f"PERFREPLAY_LAYOUT out of range: {spec!r}")
     from .heappad import heap_pad
 
