@@ -367,6 +367,7 @@ class Cell:
         v = bench["extra_info"]["paired"]
         # One line per trial: the rates in the table come from these.
         keep = ("ratio", "low", "high", "significant", "process_pairs", "pairs", "stop_reason")
+        keep += ("pair_ratios",)
         print(
             "paired trial",
             json.dumps(
@@ -550,7 +551,31 @@ def summarize_trials(lines: Sequence[str]) -> list[str]:
             f" {budget} on the budget; {min(pp)}-{max(pp)} process pairs; wall median "
             f"{statistics.median(t['wall'] for t in trials):.1f} s"
         )
+        means = [mean_interval(t["pair_ratios"]) for t in trials if t.get("pair_ratios")]
+        if means:
+            mean_half = statistics.median((hi - lo) / 2 for _, lo, hi in means)
+            mean_significant = sum(lo > 1.01 or hi < 1 / 1.01 for _, lo, hi in means)
+            out.append(
+                f"  the same process pairs by a mean (t interval, the statistic before ranks), "
+                f"in {len(means)} of them: interval half-width median {mean_half:.2%}, "
+                f"{mean_significant} clear of the 1% band"
+            )
     return out
+
+
+def mean_interval(pair_ratios: Sequence[float], confidence: float = 0.95) -> tuple[float, ...]:
+    """Ratio, low, high from the mean of the process pairs' log ratios with its Student-t
+    interval: the earlier statistic (a random effect, which with equal counts per process
+    pair reduces to this), set beside the ranks on the same comparisons."""
+    from scipy import stats
+
+    logs = [math.log(r) for r in pair_ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), 0.0, math.inf
+    half = stats.t.ppf(0.5 + confidence / 2, len(logs) - 1) * statistics.stdev(logs)
+    half /= math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
 def main() -> None:

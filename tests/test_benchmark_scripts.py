@@ -62,3 +62,45 @@ def test_trial_summary_reports_lean_by_mean_and_by_sign(verdicts: ModuleType) ->
     assert "above 1.0 in 3 of 4 (sign test p 0.62)" in aa
     assert "4 on the budget; 16-16 process pairs; wall median 50.0 s" in aa
     assert slower.startswith("loaded, 5% slower: 1 comparisons")
+
+
+def test_mean_interval_is_students_t_on_the_pairs_log_ratios(verdicts: ModuleType) -> None:
+    logs = [-0.01, 0.01, 0.03, -0.03]
+    ratio, low, high = verdicts.mean_interval([math.exp(x) for x in logs])
+    sd = math.sqrt((0.01**2 * 2 + 0.03**2 * 2) / 3)
+    half = 3.182446 * sd / 2  # t(0.975, 3 df)
+    assert ratio == pytest.approx(1.0)
+    assert (low, high) == (pytest.approx(math.exp(-half)), pytest.approx(math.exp(half)))
+
+
+def test_trial_summary_sets_the_mean_beside_the_ranks(verdicts: ModuleType) -> None:
+    def line(pair_ratios: list[float]) -> str:
+        trial = {
+            "ratio": 1.02,
+            "low": 1.011,
+            "high": 1.03,
+            "significant": True,
+            "process_pairs": len(pair_ratios),
+            "pairs": 8 * len(pair_ratios),
+            "stop_reason": "decided: the interval clears the minimum-effect band",
+            "wall": 30.0,
+            "slow": 0.02,
+            "condition": "quiet",
+            "pair_ratios": pair_ratios,
+        }
+        return "paired trial " + json.dumps(trial)
+
+    tight = [1.02, 1.021, 1.019, 1.022, 1.018, 1.02, 1.02, 1.021]
+    wild = [1.02, 1.021, 1.019, 1.022, 1.018, 1.02, 1.45, 0.7]  # two processes ran slow
+    (summary, means) = verdicts.summarize_trials([line(tight), line(wild)])
+    assert summary.startswith("quiet, 2% slower: 2 comparisons, 2 significant")
+    # The mean clears the band on the tight pairs only; its median half-width is the
+    # middle of a narrow and a wide interval.
+    halves = []
+    for pairs in (tight, wild):
+        _, low, high = verdicts.mean_interval(pairs)
+        halves.append((high - low) / 2)
+    assert means == (
+        "  the same process pairs by a mean (t interval, the statistic before ranks), in 2 "
+        f"of them: interval half-width median {sum(halves) / 2:.2%}, 1 clear of the 1% band"
+    )

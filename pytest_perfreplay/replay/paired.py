@@ -6,7 +6,7 @@ and closed before the next wave starts. Rounds ("letters": a few fresh-argument 
 summarized by their median) alternate between the two sides of one pair in randomized
 ABBA or BAAB blocks; only one worker runs at any moment. Each block yields two adjacent
 (baseline, candidate) pairs, and the statistic is taken on their log ratios
-(:mod:`.pairstats`): Hodges-Lehmann within each process pair, a random effect between them.
+(:mod:`.pairstats`): Hodges-Lehmann within each process pair, then over the pairs' estimates.
 
 Why waves of short-lived pairs: each process pair carries an offset of its own that
 outlasts any number of rounds; same hash seeds, ASLR off and pinning both sides to one CPU
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from ..errors import PerfReplayError
-from .pairstats import PooledLogRatio, decide, pool
+from .pairstats import PooledLogRatio, decide, hodges_lehmann, pool, signed_rank_depth
 from .workers import WorkerJob, _worker_env
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ DEFAULT_PAIRED_BUDGET = 20.0
 #: ABBA blocks each process pair takes in its wave: 8 log ratios, enough for a Wilcoxon
 #: interval at 95% (6 is the least).
 WAVE_BLOCKS = 4
-#: Waves before the first look: 8 process pairs, so the t quantile is 2.4, not 3.2.
+#: Waves before the first look: 8 process pairs, the fewest whose Wilcoxon interval cuts
+#: more than one Walsh average from each end (4 of 36).
 MIN_WAVES = 2
 #: Waves the letters are sized for at the default pace (more run while the budget lasts).
 PACE_WAVES = 6
@@ -59,8 +60,9 @@ PACE_SHARE = 0.4
 #: With the default budget, waves run before time may end a comparison (20 process pairs):
 #: a 100 ms call fills 20 s with 2 waves, too few pairs to see a 2% change.
 FLOOR_WAVES = 5
-#: ... but never past this many times the default budget (a call of seconds).
-FLOOR_CAP = 3.0
+#: ... but never past this many times the default budget (a call of seconds). A wave of
+#: ~100 ms calls took 11-15 s beside a CPU hog: 4.5 lets the floor's 5 waves run.
+FLOOR_CAP = 4.5
 STOP_SIGNIFICANT = "decided: the interval clears the minimum-effect band"
 STOP_EQUIVALENT = "decided: the interval sits inside the minimum-effect band"
 STOP_TIME = "budget spent (time) before a decision"
@@ -99,6 +101,8 @@ class PairedVerdict:
     pairs: int
     min_effect: float
     stop_reason: str = ""
+    # Each process pair's own ratio, in the order they ran: which pairs disagreed.
+    pair_ratios: tuple[float, ...] = ()
 
     def _span(self) -> str:
         if self.direction == "faster":  # a speedup reads as a factor > 1, like a slowdown
@@ -244,7 +248,8 @@ def run_pairs(
                 cand_letters[first + j].extend(b)
                 letters += 4
         wave += 1
-        if wave >= MIN_WAVES:
+        # No look before the pairs' estimates can bound an interval (6 at 95%).
+        if wave >= MIN_WAVES and signed_rank_depth(len(logs), policy.confidence) is not None:
             looks += 1
             pooled = pool(logs, policy.confidence)
             d = decide(pooled.ratio_low, pooled.ratio_high, policy.min_effect / 100)
@@ -324,6 +329,9 @@ def verdict_of(
         pairs=p.pairs,
         min_effect=policy.min_effect,
         stop_reason=run.stop_reason,
+        pair_ratios=tuple(
+            round(math.exp(hodges_lehmann(g).estimate), 6) for g in run.log_ratios if g
+        ),
     )
 
 
