@@ -376,6 +376,7 @@ class Cell:
                     "wall": round(wall, 1),
                     "slow": self.slow,
                     "condition": self.condition,
+                    "workload": self.workload,
                 }
             ),
             flush=True,
@@ -520,17 +521,25 @@ def sign_test(k: int, n: int) -> float:
 
 
 def summarize_trials(lines: Sequence[str]) -> list[str]:
-    """What a run's ``paired trial`` lines say beyond the table, per condition and
-    slowdown: how the comparisons ended, how wide their intervals were, and whether the
+    """What a run's ``paired trial`` lines say beyond the table, per workload, condition
+    and slowdown: how the comparisons ended, how wide their intervals were, and whether the
     A/A ratios lean to one side (the geometric mean with its t statistic over trials, and
     a sign test)."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    trials_seen: list[dict[str, Any]] = []
     for line in lines:
         if line.startswith("paired trial "):
-            trial = json.loads(line[len("paired trial ") :])
-            groups.setdefault((trial["condition"], trial["slow"]), []).append(trial)
+            trials_seen.append(json.loads(line[len("paired trial ") :]))
+        elif line.startswith("## after "):
+            # A cell's closing header names its workload: older trial lines lack it.
+            workload = line.split()[2]
+            for trial in trials_seen:
+                trial.setdefault("workload", workload)
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for trial in trials_seen:
+        key = (trial.get("workload", ""), trial["condition"], trial["slow"])
+        groups.setdefault(key, []).append(trial)
     out = []
-    for (condition, slow), trials in sorted(groups.items()):
+    for (workload, condition, slow), trials in sorted(groups.items()):
         logs = [math.log(t["ratio"]) for t in trials]
         mean = statistics.fmean(logs)
         t_stat = (
@@ -544,7 +553,8 @@ def summarize_trials(lines: Sequence[str]) -> list[str]:
         above = sum(t["ratio"] > 1 for t in trials)
         sign_p = sign_test(above, len(trials))
         out.append(
-            f"{condition}, {what}: {len(trials)} comparisons, {significant} significant; "
+            f"{workload + ' ' if workload else ''}{condition}, {what}: {len(trials)} "
+            f"comparisons, {significant} significant; "
             f"ratio geometric mean {math.exp(mean):.4f} (t {t_stat:.2f} over the comparisons); "
             f"above 1.0 in {above} of {len(trials)} (sign test p {sign_p:.2g}); "
             f"interval half-width median {half:.2%}; {len(trials) - budget} decided,"

@@ -104,3 +104,29 @@ def test_trial_summary_sets_the_mean_beside_the_ranks(verdicts: ModuleType) -> N
         "  the same process pairs by a mean (t interval, the statistic before ranks), in 2 "
         f"of them: interval half-width median {sum(halves) / 2:.2%}, 1 clear of the 1% band"
     )
+
+
+def test_trial_summary_splits_by_workload_and_reads_older_logs(verdicts: ModuleType) -> None:
+    def line(ratio: float, workload: str | None) -> str:
+        trial = {
+            "ratio": ratio,
+            "low": ratio - 0.01,
+            "high": ratio + 0.01,
+            "significant": False,
+            "process_pairs": 20,
+            "pairs": 160,
+            "stop_reason": "budget spent (time) before a decision",
+            "wall": 20.0,
+            "slow": 0.0,
+            "condition": "loaded",
+        }
+        if workload:
+            trial["workload"] = workload
+        return "paired trial " + json.dumps(trial)
+
+    # Older logs name the workload only in the header that closes its cell.
+    lines = [line(1.01, None), line(0.99, None), "", "## after w1ms loaded (10 s; load 3)"]
+    lines += [line(1.02, "w10ms"), "## after w10ms loaded (10 s; load 3)"]
+    first, second = verdicts.summarize_trials(lines)
+    assert first.startswith("w10ms loaded, A/A: 1 comparisons")
+    assert second.startswith("w1ms loaded, A/A: 2 comparisons")
