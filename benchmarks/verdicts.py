@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_perfreplay.replay.pairstats import decide
 from pytest_perfreplay.replay.stats import compare
 
 PY = sys.executable
@@ -366,8 +367,16 @@ class Cell:
         (bench,) = json.loads(out.read_text())["benchmarks"]
         v = bench["extra_info"]["paired"]
         # One line per trial: the rates in the table come from these.
-        keep = ("ratio", "low", "high", "significant", "process_pairs", "pairs", "stop_reason")
-        keep += ("pair_ratios",)
+        keep = (
+            "ratio",
+            "low",
+            "high",
+            "significant",
+            "process_pairs",
+            "pairs",
+            "stop_reason",
+            "pair_ratios",
+        )
         print(
             "paired trial",
             json.dumps(
@@ -564,7 +573,7 @@ def summarize_trials(lines: Sequence[str]) -> list[str]:
         means = [mean_interval(t["pair_ratios"]) for t in trials if t.get("pair_ratios")]
         if means:
             mean_half = statistics.median((hi - lo) / 2 for _, lo, hi in means)
-            mean_significant = sum(lo > 1.01 or hi < 1 / 1.01 for _, lo, hi in means)
+            mean_significant = sum(decide(lo, hi, 0.01).significant for _, lo, hi in means)
             out.append(
                 f"  the same process pairs by a mean (t interval, the statistic before ranks), "
                 f"in {len(means)} of them: interval half-width median {mean_half:.2%}, "

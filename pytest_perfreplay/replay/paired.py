@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from ..errors import PerfReplayError
-from .pairstats import PooledLogRatio, decide, hodges_lehmann, pool, signed_rank_depth
+from .pairstats import PooledLogRatio, decide, pool, signed_rank_depth
 from .workers import WorkerJob, _worker_env
 
 if TYPE_CHECKING:
@@ -329,9 +329,7 @@ def verdict_of(
         pairs=p.pairs,
         min_effect=policy.min_effect,
         stop_reason=run.stop_reason,
-        pair_ratios=tuple(
-            round(math.exp(hodges_lehmann(g).estimate), 6) for g in run.log_ratios if g
-        ),
+        pair_ratios=tuple(round(math.exp(x), 6) for x in p.estimates),
     )
 
 

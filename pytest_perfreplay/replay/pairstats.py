@@ -13,7 +13,7 @@ The data are per-pair log ratios ``log(candidate / baseline)``, one per adjacent
   process): the Hodges-Lehmann estimate of the pairs' estimates with their Wilcoxon
   interval is exact under that symmetry alone. When process pairs disagree, the interval
   widens: process-level effects count as noise, not as signal. Ranks, not a mean, because
-  a few pairs in every dozen sit far off (see :func:`pool`).
+  a few pairs sit far off (see :func:`pool`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import numpy as np
 
 #: Up to this many pairs the signed-rank distribution is computed exactly.
 EXACT_MAX = 300
-#: Floor for a per-pair standard error: identical counts would otherwise give zero weight.
-MIN_SE = 1e-12
 
 Direction = Literal["slower", "faster", "same"]
 
@@ -44,11 +42,6 @@ class PairEstimate:
     n: int
     confidence: float = 0.95
 
-    @property
-    def se(self) -> float:
-        """Standard error implied by the interval (its half-width over the normal quantile)."""
-        return max((self.high - self.low) / 2 / _z(self.confidence), MIN_SE)
-
 
 @dataclass(frozen=True)
 class PooledLogRatio:
@@ -58,10 +51,16 @@ class PooledLogRatio:
     low: float
     high: float
     confidence: float
-    spread: float  # robust SD of the process pairs' estimates (1.4826 MAD)
+    estimates: tuple[float, ...]  # each process pair's log ratio, in the order they ran
     groups: int
     pairs: int
     method: str
+
+    @property
+    def spread(self) -> float:
+        """Robust SD of the process pairs' estimates (1.4826 x their median absolute deviation)."""
+        x = np.asarray(self.estimates, dtype=np.float64)
+        return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
     @property
     def ratio(self) -> float:
@@ -165,7 +164,7 @@ def pool(groups: Sequence[Sequence[float]], confidence: float = 0.95) -> PooledL
             p.low,
             p.high,
             confidence,
-            0.0,
+            (p.estimate,),
             1,
             pairs,
             "Hodges-Lehmann of per-pair log ratios, Wilcoxon interval, 1 process pair",
@@ -177,18 +176,12 @@ def pool(groups: Sequence[Sequence[float]], confidence: float = 0.95) -> PooledL
         across.low,
         across.high,
         confidence,
-        _robust_sd(estimates),
+        tuple(estimates),
         len(per),
         pairs,
         f"Hodges-Lehmann of per-pair log ratios within each process pair, then of the "
         f"{len(per)} process pairs' estimates, with their Wilcoxon signed-rank interval",
     )
-
-
-def _robust_sd(values: Sequence[float]) -> float:
-    """The spread of the process pairs' estimates: 1.4826 x their median absolute deviation."""
-    x = np.asarray(values, dtype=np.float64)
-    return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
 @dataclass(frozen=True)
