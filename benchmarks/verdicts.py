@@ -30,9 +30,10 @@ wall time per comparison. Tables are printed after every cell (a long run's part
 is usable).
 
 Usage: ``python benchmarks/verdicts.py [--quick] [--aa N] [--power N] [--workloads ...]
-[--conditions quiet,loaded] [--arms ...]``; ``--trials LOG`` runs nothing and summarizes
-the ``paired trial`` lines of an earlier run's output (interval widths, how comparisons
-ended, the A/A ratios' lean). ``--quick``: 2 A/A and 1 power trial per
+[--conditions quiet,loaded] [--arms ...]``; ``--trials LOG [LOG ...]`` runs nothing: from
+the ``paired trial`` lines of earlier runs' output it prints the paired arm's table (runs
+of one version counted together) and a summary (interval widths, how comparisons ended,
+the A/A ratios' lean). ``--quick``: 2 A/A and 1 power trial per
 slowdown per cell, shorter budgets (a smoke check of minutes). The full mode runs 100 A/A
 comparisons per cell: hours.
 """
@@ -529,11 +530,8 @@ def sign_test(k: int, n: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def summarize_trials(lines: Sequence[str]) -> list[str]:
-    """What a run's ``paired trial`` lines say beyond the table, per workload, condition
-    and slowdown: how the comparisons ended, how wide their intervals were, and whether the
-    A/A ratios lean to one side (the geometric mean with its t statistic over trials, and
-    a sign test)."""
+def read_trials(lines: Sequence[str]) -> list[dict[str, Any]]:
+    """The ``paired trial`` lines of one run's output, each with its workload."""
     trials_seen: list[dict[str, Any]] = []
     for line in lines:
         if line.startswith("paired trial "):
@@ -543,6 +541,37 @@ def summarize_trials(lines: Sequence[str]) -> list[str]:
             workload = line.split()[2]
             for trial in trials_seen:
                 trial.setdefault("workload", workload)
+    return trials_seen
+
+
+def tally_trials(trials: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, Tally]]:
+    """The paired arm's table rows rebuilt from trial lines, so that runs of one version can
+    be counted together (each trial line is one whole comparison)."""
+    tallies: dict[tuple[str, str], Tally] = {}
+    for trial in trials:
+        t = tallies.setdefault((trial.get("workload", ""), trial["condition"]), Tally())
+        t.walls.append(trial["wall"])
+        if trial["slow"] == 0:
+            t.aa.append(bool(trial["significant"]))
+        else:
+            significant = bool(trial["significant"])
+            t.add_power(
+                trial["slow"],
+                significant and trial["ratio"] > 1,
+                significant and trial["ratio"] < 1,
+            )
+    return [(w, c, "paired", t) for (w, c), t in sorted(tallies.items())]
+
+
+def summarize_trials(lines: Sequence[str]) -> list[str]:
+    """What a run's ``paired trial`` lines say beyond the table, per workload, condition
+    and slowdown: how the comparisons ended, how wide their intervals were, and whether the
+    A/A ratios lean to one side (the geometric mean with its t statistic over trials, and
+    a sign test)."""
+    return summarize(read_trials(lines))
+
+
+def summarize(trials_seen: Sequence[dict[str, Any]]) -> list[str]:
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for trial in trials_seen:
         key = (trial.get("workload", ""), trial["condition"], trial["slow"])
@@ -614,11 +643,19 @@ def main() -> None:
     parser.add_argument(
         "--trials",
         metavar="LOG",
-        help="no run: summarize the 'paired trial' lines of an earlier run's output",
+        nargs="+",
+        help="no run: the paired arm's table and summary from the 'paired trial' lines of "
+        "earlier runs' output (several logs of one version are counted together)",
     )
     args = parser.parse_args()
     if args.trials:
-        print("\n".join(summarize_trials(Path(args.trials).read_text().splitlines())))
+        trials: list[dict[str, Any]] = []
+        for log in args.trials:
+            found = read_trials(Path(log).read_text().splitlines())
+            print(f"# {len(found)} paired trials from {log}")
+            trials += found
+        print_table(tally_trials(trials))
+        print("\n".join(summarize(trials)))
         return
     aa = args.aa if args.aa is not None else (2 if args.quick else 100)
     power = args.power if args.power is not None else (1 if args.quick else 40)

@@ -130,3 +130,55 @@ def test_trial_summary_splits_by_workload_and_reads_older_logs(verdicts: ModuleT
     first, second = verdicts.summarize_trials(lines)
     assert first.startswith("w10ms loaded, A/A: 1 comparisons")
     assert second.startswith("w1ms loaded, A/A: 2 comparisons")
+
+
+def test_trials_from_several_logs_count_together(
+    verdicts: ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def line(ratio: float, slow: float, significant: bool, wall: float) -> str:
+        trial = {
+            "ratio": ratio,
+            "low": ratio - 0.01,
+            "high": ratio + 0.01,
+            "significant": significant,
+            "process_pairs": 8,
+            "pairs": 64,
+            "stop_reason": "decided",
+            "wall": wall,
+            "slow": slow,
+            "condition": "loaded",
+            "workload": "w10ms",
+        }
+        return "paired trial " + json.dumps(trial)
+
+    first = tmp_path / "first.log"
+    first.write_text("\n".join([line(1.0, 0.0, False, 10.0), line(1.03, 0.02, True, 8.0)]))
+    # An older log: the workload comes from the header closing its cell.
+    second = tmp_path / "second.log"
+    older = json.loads(line(1.02, 0.0, True, 30.0)[len("paired trial ") :])
+    del older["workload"]
+    wrong = line(0.95, 0.05, True, 12.0)
+    second.write_text(
+        "\n".join(["paired trial " + json.dumps(older), wrong, "## after w10ms loaded (1 s)"])
+    )
+    rows = verdicts.tally_trials(
+        verdicts.read_trials(first.read_text().splitlines())
+        + verdicts.read_trials(second.read_text().splitlines())
+    )
+    ((workload, condition, arm, tally),) = rows
+    assert (workload, condition, arm) == ("w10ms", "loaded", "paired")
+    assert tally.aa == [False, True]
+    assert tally.power == {0.02: [True], 0.05: [False]}
+    assert tally.wrong == 1
+    assert sorted(tally.walls) == [8.0, 10.0, 12.0, 30.0]
+
+    monkeypatch.setattr(sys, "argv", ["verdicts.py", "--trials", str(first), str(second)])
+    verdicts.main()
+    out = capsys.readouterr().out
+    assert f"# 2 paired trials from {first}" in out
+    assert "| w10ms | loaded | paired | 1/2 (50%" in out
+    assert "| 1/1 (100%" in out and "| 0/1 (0%" in out and "| 1/2 | 11.0 |" in out
+    assert "w10ms loaded, A/A: 2 comparisons, 1 significant" in out
