@@ -526,7 +526,7 @@ def sign_test(k: int, n: int) -> float:
     if n == 0:
         return 1.0
     far = max(k, n - k)
-    tail = sum(math.comb(n, j) for j in range(far, n + 1)) / 2**n
+    tail: float = sum(math.comb(n, j) for j in range(far, n + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
