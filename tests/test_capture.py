@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import os
+import random
 import socket
 import sqlite3
 import subprocess
@@ -125,6 +127,35 @@ def test_sample_rate_is_a_fraction(cap: Cap) -> None:
     for i in range(600):
         f(i)
     assert 80 < stats()["captured"] < 280  # ~180 expected; the bounds are many sigmas wide
+
+
+def test_sampling_leaves_the_random_module_alone(cap: Cap) -> None:
+    # A service that seeds random for reproducible runs must get the same sequence with
+    # the decorator sampling its calls.
+    f = capture(sample_rate=0.3, max_snapshots=10_000)(targets.echo)
+    random.seed(1234)
+    expected = [random.random() for _ in range(5)]
+    random.seed(1234)
+    for i in range(200):
+        f(i)
+    assert 0 < stats()["captured"] < 200  # it did sample
+    assert [random.random() for _ in range(5)] == expected
+
+
+def test_sampling_differs_in_a_forked_child(cap: Cap) -> None:
+    from pytest_perfreplay.capture import decorator
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports its first gaps and leaves without pytest's teardown
+        os.write(write, json.dumps([decorator._gap(0.01) for _ in range(8)]).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = json.loads(os.read(read, 4096))
+    os.close(read)
+    parent = [decorator._gap(0.01) for _ in range(8)]
+    assert child != parent
 
 
 def test_slower_than_keeps_only_slow_calls(cap: Cap, fake_clock: fixtures.FakeClock) -> None:

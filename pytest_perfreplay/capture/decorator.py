@@ -822,13 +822,20 @@ def _describe_exception(exc: BaseException) -> tuple[str, str]:
 # Wrappers
 
 
+#: Our own generator: drawing from the random module's would move the sequence of a
+#: service that seeds it. Reseeded in a forked child, as the module's is, so pre-fork
+#: workers do not all sample the same calls.
+_RNG = random.Random()
+os.register_at_fork(after_in_child=_RNG.seed)
+
+
 def _gap(rate: float) -> int:
     """Calls until the next sampled one: geometric, so each call is sampled with ``rate``."""
     if rate >= 1.0:
         return 1
     if rate <= 0.0:
         return 1 << 62  # never, in practice
-    return int(math.log(1.0 - random.random()) / math.log(1.0 - rate)) + 1
+    return int(math.log(1.0 - _RNG.random()) / math.log(1.0 - rate)) + 1
 
 
 def _make_wrapper(site: _Site) -> Callable[..., Any]:

@@ -82,6 +82,8 @@ log = logging.getLogger("pytest_perfreplay.remote")
 # Pull memory: objects up to one chunk are fetched in batches of at most _PULL_BATCH_BYTES;
 # larger ones stream to a temp file chunk by chunk and are verified from disk.
 _PULL_CHUNK = 4 << 20
+#: Backoff jitter from our own generator, not the random module's (a service may seed it).
+_JITTER = random.Random()
 _PULL_BATCH_BYTES = 8 << 20
 _SAFE_SLUG = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 
@@ -821,7 +823,7 @@ class RemoteStore:
                 delay = min(self.max_backoff, 0.25 * 2 ** min(failures, 20))
                 if self._draining:
                     delay = 0.05  # a flush is waiting: keep trying until its deadline
-                self._wake.wait(delay * random.uniform(0.5, 1.0))
+                self._wake.wait(delay * _JITTER.uniform(0.5, 1.0))
                 self._wake.clear()
             else:
                 failures = 0
