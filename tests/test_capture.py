@@ -143,18 +143,18 @@ def test_sampling_leaves_the_random_module_alone(cap: Cap) -> None:
 
 
 def test_sampling_differs_in_a_forked_child(cap: Cap) -> None:
-    from pytest_perfreplay.capture import decorator
-
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child reports its first gaps and leaves without pytest's teardown
-        os.write(write, json.dumps([decorator._gap(0.01) for _ in range(8)]).encode())
-        os._exit(0)
+        try:
+            os.write(write, json.dumps([capture_module._gap(0.01) for _ in range(8)]).encode())
+        finally:
+            os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     child = json.loads(os.read(read, 4096))
     os.close(read)
-    parent = [decorator._gap(0.01) for _ in range(8)]
+    parent = [capture_module._gap(0.01) for _ in range(8)]
     assert child != parent
 
 

@@ -82,9 +82,9 @@ log = logging.getLogger("pytest_perfreplay.remote")
 # Pull memory: objects up to one chunk are fetched in batches of at most _PULL_BATCH_BYTES;
 # larger ones stream to a temp file chunk by chunk and are verified from disk.
 _PULL_CHUNK = 4 << 20
+_PULL_BATCH_BYTES = 8 << 20
 #: Backoff jitter from our own generator, not the random module's (a service may seed it).
 _JITTER = random.Random()
-_PULL_BATCH_BYTES = 8 << 20
 _SAFE_SLUG = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 
 ENDPOINT_ENV = "PERFREPLAY_S3_ENDPOINT"
