@@ -491,3 +491,34 @@ def test_baseline_that_cannot_import_the_target_is_an_error_not_new(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*the code at HEAD~1 (*) cannot import the target*"])
     assert "new at" not in result.stdout.str()
+
+
+def test_a_real_worker_says_where_its_warmup_ended_and_warms_briefly_when_told(
+    tmp_path: Path,
+) -> None:
+    from pytest_perfreplay.replay.paired import (
+        LATER_WARMUP_MIN,
+        WorkerProcess,
+        later_warmup,
+        side_env,
+    )
+    from pytest_perfreplay.replay.warmup import WARMUP_WINDOW
+    from pytest_perfreplay.replay.workers import WorkerJob
+
+    make_repo(tmp_path, shop(), ns=(2_000,))
+    store = tmp_path / ".perfreplay"
+    (snapshot,) = (store / "snapshots").rglob("*.prsnap")
+    job = WorkerJob(str(snapshot), str(store), False, None, {"gc": "collect"})
+    worker = WorkerProcess(job, env=side_env(str(tmp_path), 1), cwd=tmp_path, label="candidate #1")
+    try:
+        worker.ready()
+        first = worker.warm(50, 30.0)
+        # The detector needs two windows before it can settle, and a window past the end.
+        assert first["settled"], first
+        assert first["calls"] > 2 * WARMUP_WINDOW
+        assert first["calls"] >= first["settled_at"] + WARMUP_WINDOW
+        later = later_warmup([(first, first)], 50)
+        assert later == max(LATER_WARMUP_MIN, first["settled_at"] + 1)
+        assert worker.warm(later, 30.0)["calls"] == later
+    finally:
+        worker.close()

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats  # type: ignore[import-untyped, unused-ignore]
 
 from pytest_perfreplay.replay.paired import (
+    LATER_WARMUP_MIN,
     MIN_WAVES,
     STOP_EQUIVALENT,
     STOP_SIGNIFICANT,
@@ -19,6 +20,7 @@ from pytest_perfreplay.replay.paired import (
     PairedPolicy,
     PairedVerdict,
     close_pairs,
+    later_warmup,
     run_pairs,
     verdict_of,
 )
@@ -216,6 +218,57 @@ def test_stopping_rule_stops_on_equivalence_or_budget() -> None:
             assert len(run.log_ratios) == 4 * MIN_WAVES
             assert all(len(g) == 2 * WAVE_BLOCKS for g in run.log_ratios)
     assert reasons.count(STOP_TIME) >= 34
+
+
+def _warmed(*ends: int | None) -> list[tuple[dict[str, object], dict[str, object]]]:
+    sides = [
+        {"calls": 11, "settled": end is not None, "settled_at": end or 0, "median": 0.1}
+        for end in ends
+    ]
+    return [(sides[i], sides[i + 1]) for i in range(0, len(sides), 2)]
+
+
+def test_later_waves_warm_up_as_long_as_the_first_wave_needed() -> None:
+    # Steady from the first call: the floor of two calls, not the detector's two windows.
+    assert later_warmup(_warmed(0, 0, 0, 0), 50) == LATER_WARMUP_MIN == 2
+    # The slowest worker to settle sets it, plus one call.
+    assert later_warmup(_warmed(0, 6, 3, 1), 50) == 7
+    assert later_warmup(_warmed(0, 60, 3, 1), 50) == 50  # never past the policy's cap
+    # Half settled is enough to go by; fewer, and every wave keeps the full warm-up.
+    assert later_warmup(_warmed(2, 1, None, None), 50) == 3
+    assert later_warmup(_warmed(2, None, None, None), 50) == 50
+    # A worker that does not say where it settled (an older reply) counts as unsettled.
+    assert later_warmup([({"settled": True}, {"settled": True})], 50) == 50
+
+
+class WarmRecorder(FakeSide):
+    """A fake worker that records the warm-up it was asked for and settles at call 3."""
+
+    asked: list[int]
+
+    def warm(self, max_calls: int, max_seconds: float) -> dict[str, float | bool]:
+        self.asked.append(max_calls)
+        self.clock[0] += 0.1
+        return {"calls": min(max_calls, 8), "settled": True, "settled_at": 3, "median": 0.01}
+
+
+def test_run_pairs_warms_the_first_wave_fully_and_later_waves_briefly() -> None:
+    clock = [0.0]
+    rng = random.Random(5)
+    made: list[WarmRecorder] = []
+
+    def wave(_i: int) -> list[tuple[FakeSide, FakeSide]]:
+        pairs = [(WarmRecorder(clock, 0.01, rng), WarmRecorder(clock, 0.01, rng))]
+        for side in pairs[0]:
+            side.asked = []
+            made.append(side)
+        return pairs  # type: ignore[return-value]
+
+    policy = PairedPolicy(process_pairs=1, max_time=1e9, min_effect=1.0, max_warmup_calls=40)
+    run = run_pairs(wave, policy, rng=random.Random(5), clock=lambda: clock[0])
+    assert run.waves >= 3
+    assert made[0].asked == made[1].asked == [40]
+    assert all(side.asked == [4] for side in made[2:])
 
 
 def test_default_budget_gives_a_long_call_its_floor_of_waves() -> None:

@@ -57,12 +57,16 @@ MIN_WAVES = 2
 PACE_WAVES = 6
 #: Share of the budget the measured letters aim to fill (the rest: start-up, warm-up).
 PACE_SHARE = 0.4
-#: With the default budget, waves run before time may end a comparison (20 process pairs):
-#: a 100 ms call fills 20 s with 2 waves, too few pairs to see a 2% change.
-FLOOR_WAVES = 5
+#: With the default budget, waves run before time may end a comparison (28 process pairs):
+#: a 100 ms call fills 20 s with 2-3 waves, too few pairs to see a 2% change.
+FLOOR_WAVES = 7
 #: ... but never past this many times the default budget (a call of seconds). A wave of
-#: ~100 ms calls took 11-15 s beside a CPU hog: 4.5 lets the floor's 5 waves run.
+#: ~100 ms calls took about 8 s on a quiet machine (the first, with its full warm-up, 12):
+#: 4.5 lets the floor's 7 waves run beside a CPU hog too.
 FLOOR_CAP = 4.5
+#: Warm-up calls a later wave's worker makes at the least: the first call pays one-time
+#: costs (lazy imports, caches filled on first use), the second shows it has paid them.
+LATER_WARMUP_MIN = 2
 STOP_SIGNIFICANT = "decided: the interval clears the minimum-effect band"
 STOP_EQUIVALENT = "decided: the interval sits inside the minimum-effect band"
 STOP_TIME = "budget spent (time) before a decision"
@@ -210,13 +214,15 @@ def run_pairs(
     pooled: PooledLogRatio | None = None
     budget_start: float | None = None
     extended = False
+    warm_calls = policy.max_warmup_calls
     while True:
         pairs = start_wave(wave)
         if budget_start is None:
             budget_start = clock()
-        warmed = _warm(pairs, policy.max_warmup_calls, policy.max_time / 20)
+        warmed = _warm(pairs, warm_calls, policy.max_time / 20)
         warm += warmed
         if not calls:
+            warm_calls = later_warmup(warmed, policy.max_warmup_calls)
             # Letters sized so PACE_WAVES waves fill PACE_SHARE of the budget; at least one
             # call, and a letter's median absorbs one scheduling hiccup when it has several.
             per_call = max(
@@ -284,6 +290,23 @@ def run_pairs(
         waves=wave,
         warm=warm,
     )
+
+
+def later_warmup(warmed: Sequence[tuple[dict[str, Any], dict[str, Any]]], max_calls: int) -> int:
+    """Warm-up calls for the workers of the waves after the first.
+
+    The first wave warms until the detector settles, which takes two windows of calls even
+    when the very first call is steady: for a 100 ms call, 8 workers sharing 2 cores spent
+    longer warming up than measuring. Later waves run the same code on the same arguments,
+    so they warm for as many calls as the first wave's slowest worker needed to settle,
+    plus one. When fewer than half of the first wave's workers settled, every wave keeps
+    the full warm-up.
+    """
+    sides = [w for pair in warmed for w in pair]
+    ends = [int(w["settled_at"]) for w in sides if w.get("settled") and "settled_at" in w]
+    if 2 * len(ends) < len(sides):
+        return max_calls
+    return min(max_calls, max(LATER_WARMUP_MIN, max(ends) + 1))
 
 
 def _warm(

@@ -481,6 +481,7 @@ def serve(
                     {
                         "calls": len(series),
                         "settled": settled is not None,
+                        "settled_at": settled or 0,
                         "median": statistics.median(tail),
                         "wall": wall,
                         "cpu": cpu,
