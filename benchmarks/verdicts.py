@@ -329,6 +329,7 @@ class Cell:
     pyperf_last: Path | None = None
     counter: int = 0
     slow: float = 0.0  # the working tree's slowdown in the current session
+    paired_budget: float | None = None  # --perf-replay-max-time for the paired arm
 
     @property
     def store(self) -> Path:
@@ -360,7 +361,10 @@ class Cell:
         out.unlink(missing_ok=True)
         cmd = [PY, "-m", "pytest", "--perf-replay", "--perf-replay-baseline=HEAD", "-q"]
         cmd += ["-p", "no:cacheprovider", "-k", self.workload, f"--benchmark-json={out}"]
-        cmd += self._budget()
+        if self.paired_budget is not None:
+            cmd.append(f"--perf-replay-max-time={self.paired_budget:g}")
+        else:
+            cmd += self._budget()
         env = dict(self.env, PERFREPLAY_STORE=str(self.store))
         proc, wall = _run(cmd, self.root, env)
         if proc.returncode != 0 or not out.exists():
@@ -387,6 +391,7 @@ class Cell:
                     "slow": self.slow,
                     "condition": self.condition,
                     "workload": self.workload,
+                    **({"budget": self.paired_budget} if self.paired_budget is not None else {}),
                 }
             ),
             flush=True,
@@ -544,12 +549,18 @@ def read_trials(lines: Sequence[str]) -> list[dict[str, Any]]:
     return trials_seen
 
 
+def _workload(trial: dict[str, Any]) -> str:
+    """A trial's workload, with the paired budget when the run set one (a row of its own)."""
+    workload = str(trial.get("workload", ""))
+    return f"{workload} @{trial['budget']:g} s" if "budget" in trial else workload
+
+
 def tally_trials(trials: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, Tally]]:
     """The paired arm's table rows rebuilt from trial lines, so that runs of one version can
     be counted together (each trial line is one whole comparison)."""
     tallies: dict[tuple[str, str], Tally] = {}
     for trial in trials:
-        t = tallies.setdefault((trial.get("workload", ""), trial["condition"]), Tally())
+        t = tallies.setdefault((_workload(trial), trial["condition"]), Tally())
         t.walls.append(trial["wall"])
         if trial["slow"] == 0:
             t.aa.append(bool(trial["significant"]))
@@ -574,7 +585,7 @@ def summarize_trials(lines: Sequence[str]) -> list[str]:
 def summarize(trials_seen: Sequence[dict[str, Any]]) -> list[str]:
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for trial in trials_seen:
-        key = (trial.get("workload", ""), trial["condition"], trial["slow"])
+        key = (_workload(trial), trial["condition"], trial["slow"])
         groups.setdefault(key, []).append(trial)
     out = []
     for (workload, condition, slow), trials in sorted(groups.items()):
@@ -636,6 +647,13 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--keep", action="store_true", help="keep the scratch project")
     parser.add_argument(
+        "--paired-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="--perf-replay-max-time for the paired arm (its default budget when not given)",
+    )
+    parser.add_argument(
         "--plugin-path",
         default=None,
         help="import pytest_perfreplay from this folder in the sessions (another checkout)",
@@ -685,6 +703,7 @@ def main() -> None:
             for workload in args.workloads.split(","):
                 t0 = time.perf_counter()
                 cell = Cell(root, env, workload, condition, args.quick)
+                cell.paired_budget = args.paired_budget
                 with hog(condition == "loaded"):
                     tallies = run_cell(cell, arms, aa, power, paired_note)
                 rows.extend((workload, condition, arm, tallies[arm]) for arm in arms)

@@ -64,6 +64,36 @@ def test_trial_summary_reports_lean_by_mean_and_by_sign(verdicts: ModuleType) ->
     assert slower.startswith("loaded, 5% slower: 1 comparisons")
 
 
+def test_trials_with_a_paired_budget_count_in_rows_of_their_own(verdicts: ModuleType) -> None:
+    def trial(significant: bool, budget: float | None = None) -> dict[str, object]:
+        t: dict[str, object] = {
+            "ratio": 1.02,
+            "low": 1.011 if significant else 0.99,
+            "high": 1.03,
+            "significant": significant,
+            "process_pairs": 28,
+            "pairs": 224,
+            "stop_reason": "budget spent (time) before a decision",
+            "wall": 60.0,
+            "slow": 0.02,
+            "condition": "quiet",
+            "workload": "w100ms",
+        }
+        if budget is not None:
+            t["budget"] = budget
+        return t
+
+    trials = [trial(False), trial(True, 120.0), trial(True, 120.0)]
+    rows = {(w, c): t for w, c, _arm, t in verdicts.tally_trials(trials)}
+    assert set(rows) == {("w100ms", "quiet"), ("w100ms @120 s", "quiet")}
+    assert rows[("w100ms", "quiet")].power[0.02] == [False]
+    assert rows[("w100ms @120 s", "quiet")].power[0.02] == [True, True]
+    lines = verdicts.summarize(trials)
+    assert len(lines) == 2
+    assert lines[0].startswith("w100ms quiet, 2% slower: 1 comparisons, 0 significant")
+    assert lines[1].startswith("w100ms @120 s quiet, 2% slower: 2 comparisons, 2 significant")
+
+
 def test_mean_interval_is_students_t_on_the_pairs_log_ratios(verdicts: ModuleType) -> None:
     logs = [-0.01, 0.01, 0.03, -0.03]
     ratio, low, high = verdicts.mean_interval([math.exp(x) for x in logs])

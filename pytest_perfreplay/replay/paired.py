@@ -296,11 +296,11 @@ def later_warmup(warmed: Sequence[tuple[dict[str, Any], dict[str, Any]]], max_ca
     """Warm-up calls for the workers of the waves after the first.
 
     The first wave warms until the detector settles, which takes two windows of calls even
-    when the very first call is steady: for a 100 ms call, 8 workers sharing 2 cores spent
-    longer warming up than measuring. Later waves run the same code on the same arguments,
-    so they warm for as many calls as the first wave's slowest worker needed to settle,
-    plus one. When fewer than half of the first wave's workers settled, every wave keeps
-    the full warm-up.
+    when the very first call is steady: a wave of a 100 ms call made 88 calls warming up
+    (11 in each of 8 workers) for the 64 it measured. Later waves run the same code on the
+    same arguments, so they warm for as many calls as the first wave's slowest worker needed
+    to settle, plus one. When fewer than half of the first wave's workers settled, every
+    wave keeps the full warm-up.
     """
     sides = [w for pair in warmed for w in pair]
     ends = [int(w["settled_at"]) for w in sides if w.get("settled") and "settled_at" in w]
