@@ -695,15 +695,17 @@ def main() -> None:
             f"# verdicts ({'quick' if args.quick else 'full'}): {aa} A/A comparisons and "
             f"{power} trials per slowdown per cell; loop sizes {sizes}; python "
             f"{sys.version.split()[0]}, {os.cpu_count()} CPUs; load average at start "
-            f"{os.getloadavg()[0]:.1f}",
+            f"{os.getloadavg()[0]:.1f}"
+            + (f"; paired budget {args.paired_budget:g} s" if args.paired_budget else ""),
             flush=True,
         )
         rows: list[tuple[str, str, str, Tally]] = []
         for condition in args.conditions.split(","):
             for workload in args.workloads.split(","):
                 t0 = time.perf_counter()
-                cell = Cell(root, env, workload, condition, args.quick)
-                cell.paired_budget = args.paired_budget
+                cell = Cell(
+                    root, env, workload, condition, args.quick, paired_budget=args.paired_budget
+                )
                 with hog(condition == "loaded"):
                     tallies = run_cell(cell, arms, aa, power, paired_note)
                 rows.extend((workload, condition, arm, tallies[arm]) for arm in arms)
