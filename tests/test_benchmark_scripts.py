@@ -212,3 +212,24 @@ def test_trials_from_several_logs_count_together(
     assert "| w10ms | loaded | paired | 1/2 (50%" in out
     assert "| 1/1 (100%" in out and "| 0/1 (0%" in out and "| 1/2 | 11.0 |" in out
     assert "w10ms loaded, A/A: 2 comparisons, 1 significant" in out
+
+
+def test_pair_noise_quick_times_both_ways_and_prints_their_ratio() -> None:
+    import re
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pair_noise.py"), "--quick", "--pairs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "1 rounds x 2 process pairs x 3 call pairs per way" in out
+    for way in ("free", "pinned"):
+        assert re.search(rf"round 1 {way} *: within \d+\.\d+%  across \d+\.\d+%", out), out
+    for key in ("within", "across"):
+        assert re.search(
+            rf"{key}: median robust SD free \d+\.\d+%, pinned \d+\.\d+%, pinned/free \d+\.\d+", out
+        ), out

@@ -522,3 +522,78 @@ def test_a_real_worker_says_where_its_warmup_ended_and_warms_briefly_when_told(
         assert worker.warm(later, 30.0)["calls"] == later
     finally:
         worker.close()
+
+
+def test_pairs_go_round_the_usable_cpus_and_one_cpu_means_no_pinning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import random
+
+    from pytest_perfreplay.replay import paired
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {5, 2, 9}, raising=False)
+    cpus = paired.pair_cpus(7, random.Random(3))
+    assert set(cpus) == {2, 5, 9}
+    start = [2, 5, 9].index(cpus[0])  # type: ignore[arg-type]
+    assert cpus == [[2, 5, 9][(start + i) % 3] for i in range(7)]
+    starts = {paired.pair_cpus(1, random.Random(seed))[0] for seed in range(40)}
+    assert starts == {2, 5, 9}  # the first pair's CPU is not always the same one
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {4}, raising=False)
+    assert paired.pair_cpus(3, random.Random(0)) == [None, None, None]
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    assert paired.pair_cpus(2, random.Random(0)) == [None, None]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux CPU affinity")
+def test_real_workers_of_a_pair_share_one_cpu_within_the_allowed_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    from pytest_perfreplay.replay.paired import close_pairs, start_pairs
+    from pytest_perfreplay.replay.workers import WorkerJob
+
+    make_repo(tmp_path, shop(), ns=(2_000,))
+    store = tmp_path / ".perfreplay"
+    (snapshot,) = (store / "snapshots").rglob("*.prsnap")
+    job = WorkerJob(str(snapshot), str(store), False, None, {"gc": "collect"})
+    allowed = os.sched_getaffinity(0)
+    monkeypatch.chdir(tmp_path)  # the candidate side imports today's tree from the cwd
+
+    def start(pairs: int) -> list[Any]:
+        return start_pairs(
+            job,
+            job,
+            process_pairs=pairs,
+            baseline_path=str(tmp_path),
+            baseline_cwd=tmp_path,
+            rng=random.Random(),
+        )
+
+    if len(allowed) >= 2:
+        pairs = start(2 * len(allowed))
+        try:
+            seen = []
+            for base, cand in pairs:
+                assert base.cpu is not None and base.cpu == cand.cpu
+                assert os.sched_getaffinity(base.proc.pid) == {base.cpu}
+                assert os.sched_getaffinity(cand.proc.pid) == {base.cpu}
+                seen.append(base.cpu)
+            assert set(seen) == allowed
+            assert all(seen.count(c) == 2 for c in allowed)
+        finally:
+            close_pairs(pairs)
+    # Narrowed to one CPU (as by taskset): nothing to spread over, workers inherit the mask.
+    one = {min(allowed)}
+    os.sched_setaffinity(0, one)
+    try:
+        pairs = start(2)
+        try:
+            for base, cand in pairs:
+                assert base.cpu is None and cand.cpu is None
+                assert os.sched_getaffinity(base.proc.pid) == one
+                assert os.sched_getaffinity(cand.proc.pid) == one
+        finally:
+            close_pairs(pairs)
+    finally:
+        os.sched_setaffinity(0, allowed)
