@@ -16,6 +16,7 @@ from pytest_perfreplay.replay.paired import (
     STOP_SIGNIFICANT,
     STOP_TIME,
     STOP_TIME_FLOOR,
+    STOP_TIME_RAN_ON,
     WAVE_BLOCKS,
     PairedPolicy,
     PairedVerdict,
@@ -295,6 +296,61 @@ def test_default_budget_gives_a_long_call_its_floor_of_waves() -> None:
         run = run_pairs(pairs, plain, rng=random.Random(seed), clock=lambda c=clock: c[0])
         assert run.waves == MIN_WAVES and run.stop_reason != STOP_TIME_FLOOR
     assert extended >= 7  # noise this wide rarely decides within five waves
+
+
+def test_an_undecided_change_outside_the_band_runs_on_and_an_inside_one_does_not() -> None:
+    # Budget up at the floor's 3 waves; a 3% change under wide noise is often undecided
+    # there with its estimate outside the 1% band: it runs on, to 6 waves at most.
+    band = (1 / 1.01, 1.01)
+    ran_on = 0
+    for factor in (1.03, 1.0):
+        for seed in range(12):
+            policy = PairedPolicy(
+                process_pairs=4, max_time=0.5, min_effect=1.0, floor_waves=3, extend=2.0
+            )
+            pairs, clock = _fake_pairs(factor, seed, noise=0.2)
+            run = run_pairs(pairs, policy, rng=random.Random(seed), clock=lambda c=clock: c[0])
+            inside = band[0] <= run.pooled.ratio <= band[1]
+            if run.stop_reason == STOP_TIME_FLOOR:
+                assert run.waves == 3 and inside
+            elif run.stop_reason == STOP_TIME_RAN_ON:
+                assert 3 < run.waves <= 6 and (run.waves == 6 or inside)
+                ran_on += factor == 1.03
+            # The same seed without the run-on: identical up to the budget, never more waves.
+            plain = PairedPolicy(process_pairs=4, max_time=0.5, min_effect=1.0, floor_waves=3)
+            pairs, clock = _fake_pairs(factor, seed, noise=0.2)
+            short = run_pairs(pairs, plain, rng=random.Random(seed), clock=lambda c=clock: c[0])
+            assert short.stop_reason != STOP_TIME_RAN_ON and short.waves <= 3
+            assert short.waves <= run.waves
+            if short.stop_reason.startswith("decided"):
+                assert (run.waves, run.stop_reason) == (short.waves, short.stop_reason)
+            # A cap the run-on would pass keeps the comparison to its budget.
+            capped = PairedPolicy(
+                process_pairs=4,
+                max_time=0.5,
+                min_effect=1.0,
+                floor_waves=3,
+                extend=2.0,
+                extend_cap=0.1,
+            )
+            pairs, clock = _fake_pairs(factor, seed, noise=0.2)
+            run = run_pairs(pairs, capped, rng=random.Random(seed), clock=lambda c=clock: c[0])
+            assert run.waves <= 3 and run.stop_reason != STOP_TIME_RAN_ON
+    assert ran_on >= 6
+
+
+def test_running_on_finds_changes_the_budget_left_undecided() -> None:
+    # Same seeds, same data up to the budget: the run-on can only add detections.
+    found = {1.0: 0, 2.0: 0}
+    for seed in range(30):
+        for extend in found:
+            policy = PairedPolicy(
+                process_pairs=4, max_time=0.5, min_effect=1.0, floor_waves=3, extend=extend
+            )
+            pairs, clock = _fake_pairs(1.03, seed, noise=0.1)
+            run = run_pairs(pairs, policy, rng=random.Random(seed), clock=lambda c=clock: c[0])
+            found[extend] += run.stop_reason == STOP_SIGNIFICANT
+    assert found[2.0] > found[1.0]
 
 
 def _process_waves(

@@ -17,6 +17,8 @@ import pytest
 
 from .paired import (
     DEFAULT_PAIRED_BUDGET,
+    EXTEND,
+    EXTEND_CAP,
     FLOOR_CAP,
     FLOOR_WAVES,
     PairedError,
@@ -63,6 +65,8 @@ def time_paired(
         # user set is kept as given.
         floor_waves=0 if cfg.max_time_explicit else FLOOR_WAVES,
         hard_cap=math.inf if cfg.max_time_explicit else FLOOR_CAP * DEFAULT_PAIRED_BUDGET,
+        extend=1.0 if cfg.max_time_explicit else EXTEND,
+        extend_cap=math.inf if cfg.max_time_explicit else EXTEND_CAP * DEFAULT_PAIRED_BUDGET,
         max_letters=policy.max_rounds,
         confidence=policy.confidence,
         min_effect=cfg.min_effect,

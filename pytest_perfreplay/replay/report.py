@@ -32,7 +32,14 @@ def header_line(state: ReplaySession, count: int) -> str:
     budget = cfg.max_time
     extra = ""
     if cfg.baseline:
-        from .paired import DEFAULT_PAIRED_BUDGET, DEFAULT_PROCESS_PAIRS, FLOOR_CAP, FLOOR_WAVES
+        from .paired import (
+            DEFAULT_PAIRED_BUDGET,
+            DEFAULT_PROCESS_PAIRS,
+            EXTEND,
+            EXTEND_CAP,
+            FLOOR_CAP,
+            FLOOR_WAVES,
+        )
 
         wave = cfg.processes if cfg.processes > 1 else DEFAULT_PROCESS_PAIRS
         where = f"process pairs, {wave} at a time, paired against {cfg.baseline}"
@@ -40,7 +47,9 @@ def header_line(state: ReplaySession, count: int) -> str:
         if not cfg.max_time_explicit:
             extra = (
                 f" (a long call gets at least {FLOOR_WAVES} waves, up to "
-                f"{FLOOR_CAP * DEFAULT_PAIRED_BUDGET:g} s)"
+                f"{FLOOR_CAP * DEFAULT_PAIRED_BUDGET:g} s; an undecided comparison whose "
+                f"estimate lies outside the band runs on to {EXTEND:g}x its waves, up to "
+                f"{EXTEND_CAP * DEFAULT_PAIRED_BUDGET:g} s)"
             )
     return (
         f"perfreplay: store {state.store.root}, {count} snapshot(s), target "
