@@ -33,7 +33,7 @@ Usage: ``python benchmarks/verdicts.py [--quick] [--aa N] [--power N] [--workloa
 [--conditions quiet,loaded] [--arms ...]``; ``--trials LOG [LOG ...]`` runs nothing: from
 the ``paired trial`` lines of earlier runs' output it prints the paired arm's table (runs
 of one version counted together) and a summary (interval widths, how comparisons ended,
-the A/A ratios' lean). ``--quick``: 2 A/A and 1 power trial per
+the A/A ratios' lean, how far the process pairs disagree). ``--quick``: 2 A/A and 1 power trial per
 slowdown per cell, shorter budgets (a smoke check of minutes). The full mode runs 100 A/A
 comparisons per cell: hours.
 """
@@ -619,7 +619,21 @@ def summarize(trials_seen: Sequence[dict[str, Any]]) -> list[str]:
                 f"in {len(means)} of them: interval half-width median {mean_half:.2%}, "
                 f"{mean_significant} clear of the 1% band"
             )
+            spreads = [pair_spread(t["pair_ratios"]) for t in trials if t.get("pair_ratios")]
+            out.append(
+                f"  process pairs' spread (robust SD of a comparison's log pair ratios, "
+                f"1.4826 x MAD): median {statistics.median(spreads):.2%} over {len(spreads)}"
+            )
     return out
+
+
+def pair_spread(pair_ratios: Sequence[float]) -> float:
+    """How far a comparison's process pairs disagree: 1.4826 x the median absolute
+    deviation of their log ratios (the SD, for normal data; a few far-off pairs barely
+    move it)."""
+    logs = [math.log(r) for r in pair_ratios]
+    centre = statistics.median(logs)
+    return 1.4826 * statistics.median(abs(x - centre) for x in logs)
 
 
 def mean_interval(pair_ratios: Sequence[float], confidence: float = 0.95) -> tuple[float, ...]:

@@ -122,7 +122,7 @@ def test_trial_summary_sets_the_mean_beside_the_ranks(verdicts: ModuleType) -> N
 
     tight = [1.02, 1.021, 1.019, 1.022, 1.018, 1.02, 1.02, 1.021]
     wild = [1.02, 1.021, 1.019, 1.022, 1.018, 1.02, 1.45, 0.7]  # two processes ran slow
-    (summary, means) = verdicts.summarize_trials([line(tight), line(wild)])
+    (summary, means, spread) = verdicts.summarize_trials([line(tight), line(wild)])
     assert summary.startswith("quiet, 2% slower: 2 comparisons, 2 significant")
     # The mean clears the band on the tight pairs only; its median half-width is the
     # middle of a narrow and a wide interval.
@@ -133,6 +133,14 @@ def test_trial_summary_sets_the_mean_beside_the_ranks(verdicts: ModuleType) -> N
     assert means == (
         "  the same process pairs by a mean (t interval, the statistic before ranks), in 2 "
         f"of them: interval half-width median {sum(halves) / 2:.2%}, 1 clear of the 1% band"
+    )
+    # Two far-off processes barely move the robust spread: the tight pairs' MAD is 0.001.
+    assert verdicts.pair_spread(tight) == pytest.approx(1.4826 * math.log(1.021 / 1.02), rel=0.01)
+    assert verdicts.pair_spread(wild) < 2 * verdicts.pair_spread(tight)
+    middle = (verdicts.pair_spread(tight) + verdicts.pair_spread(wild)) / 2
+    assert spread == (
+        "  process pairs' spread (robust SD of a comparison's log pair ratios, 1.4826 x MAD): "
+        f"median {middle:.2%} over 2"
     )
 
 
