@@ -22,7 +22,9 @@ process-pair effect like the rest.
 
 The stopping rule aims at the decision: after every wave from the second on it stops once
 the interval of the ratio clears the minimum-effect band (a change) or sits inside it (no
-change that matters), and otherwise when the budget is spent, and says which.
+change that matters), and otherwise when the budget is spent, and says which. With the
+default budget a long call gets a floor of waves, and a comparison still undecided when
+time is up, whose estimate lies outside the band, runs on for a while (:data:`EXTEND`).
 """
 
 from __future__ import annotations
