@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+from verdicts import HOG  # the same hog as the verdicts (this script's folder is on sys.path)
+
 from pytest_perfreplay.replay.paired import pair_cpus
 
 WORKER = r"""
@@ -48,15 +50,6 @@ for _ in sys.stdin:
     sum(_fib(15) for _ in range(n))
     sys.stdout.write(json.dumps((time.perf_counter_ns() - t0) / 1e9) + "\n")
     sys.stdout.flush()
-"""
-
-HOG = """
-import time
-while True:
-    end = time.perf_counter() + 2.0
-    while time.perf_counter() < end:
-        pass
-    time.sleep(1.3)
 """
 
 WARM_CALLS = 5
