@@ -13,12 +13,12 @@ outlasts any number of rounds; same hash seeds, ASLR off and pinning both sides 
 each left it in place in exploratory runs. Only more pairs average it out.
 
 Why both processes of a pair share one CPU (:func:`pair_cpus`): a letter's neighbour then
-runs on the same core, with the same frequency and the same host vCPU under it. Timing a
-~100 ms call in pairs of processes on an idle 2-core VM, the log ratio between adjacent
-calls spread about half as much (robust SD 0.9-1.7% against 1.7-10% unpinned, four runs of
-16 pairs each way); beside a CPU hog the two ways were alike. The pairs of a wave are spread
-over the CPUs this process may use, from a random start, so a CPU's own speed is a
-process-pair effect like the rest.
+runs on the same core. Timing the pattern alone (``benchmarks/pair_noise.py``, ~70-100 ms
+calls, 4 rounds of 16 pairs each way) the log ratios spread less pinned on an idle 2-core
+VM (0.66x within pairs, 0.52x across) and about the same beside a CPU hog; in the verdict
+runs the process pairs' spread did not visibly move. The pairs of a wave go round the
+CPUs this process may use, from a random start, so a CPU's own speed is a process-pair
+effect like the rest.
 
 The stopping rule aims at the decision: after every wave from the second on it stops once
 the interval of the ratio clears the minimum-effect band (a change) or sits inside it (no
@@ -78,6 +78,7 @@ FLOOR_CAP = 4.5
 #: lies outside the minimum-effect band, runs on to this many times the waves it had: it
 #: looks like a change too small to confirm yet. 28 process pairs of a ~100 ms call found
 #: a 2% change 13 times in 20; the misses read 1.0099-1.0198 with intervals ±0.8-1.8%.
+#: Running on found 19 in 20 (7 ran on, in 90-121 s), none of 41 A/A called a change.
 EXTEND = 2.0
 #: ... but never past this many times the default budget.
 EXTEND_CAP = 9.0
@@ -432,8 +433,8 @@ class WorkerProcess:
         finally:
             os.close(write_fd)
         if cpu is not None:
-            # Before it has imported anything; a CPU the mask no longer allows (hot-unplug,
-            # a cgroup change) leaves the worker where the scheduler puts it.
+            # Before it is ready, so before anything is timed; a CPU the mask no longer
+            # allows (hot-unplug, a cgroup change) leaves it where the scheduler puts it.
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(self.proc.pid, {cpu})
                 self.cpu = cpu
