@@ -468,3 +468,31 @@ def test_a_waves_workers_are_all_asked_to_quit_before_any_is_awaited() -> None:
     a, b, c = Worker("a"), Worker("b"), Worker("c")
     close_pairs([(a, b), (c, c)])  # type: ignore[list-item]
     assert log == ["quit a", "quit b", "quit c", "wait a", "wait b", "wait c"]
+
+
+def test_only_the_default_budget_gets_a_floor_and_a_run_on() -> None:
+    from types import SimpleNamespace
+
+    from pytest_perfreplay.replay.paired import (
+        DEFAULT_PAIRED_BUDGET,
+        EXTEND,
+        EXTEND_CAP,
+        FLOOR_CAP,
+        FLOOR_WAVES,
+    )
+    from pytest_perfreplay.replay.paireditem import paired_policy_for
+    from pytest_perfreplay.replay.rounds import RoundPolicy
+
+    rounds = RoundPolicy(max_time=45.0, max_rounds=900, confidence=0.9)
+    cfg = SimpleNamespace(processes=1, max_time_explicit=False, min_effect=2.0)
+    default = paired_policy_for(cfg, rounds)  # type: ignore[arg-type]
+    assert default.max_time == DEFAULT_PAIRED_BUDGET
+    assert (default.floor_waves, default.extend) == (FLOOR_WAVES, EXTEND) and EXTEND > 1
+    assert default.hard_cap == FLOOR_CAP * DEFAULT_PAIRED_BUDGET
+    assert default.extend_cap == EXTEND_CAP * DEFAULT_PAIRED_BUDGET
+    assert (default.max_letters, default.confidence, default.min_effect) == (900, 0.9, 2.0)
+    cfg = SimpleNamespace(processes=6, max_time_explicit=True, min_effect=1.0)
+    given = paired_policy_for(cfg, rounds)  # type: ignore[arg-type]
+    assert (given.max_time, given.process_pairs) == (45.0, 6)
+    assert (given.floor_waves, given.extend) == (0, 1.0)
+    assert given.hard_cap == given.extend_cap == math.inf

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -30,9 +30,30 @@ from .rounds import RoundPolicy, RoundsResult
 from .session import ItemOutcome, ReplayFailure, ReplaySession
 from .stats import estimate, group_interval, interval
 
+if TYPE_CHECKING:
+    from .config import ReplayConfig
+
 
 class GateFailure(ReplayFailure):
     """``--perf-replay-fail-slower`` failed the item; its measurement is still reported."""
+
+
+def paired_policy_for(cfg: ReplayConfig, policy: RoundPolicy) -> PairedPolicy:
+    """The paired loop's policy from the session's settings. The default budget gives a
+    long call a floor of waves and lets an undecided comparison outside the band run on;
+    a budget the user set is kept as given."""
+    default = not cfg.max_time_explicit
+    return PairedPolicy(
+        process_pairs=cfg.processes if cfg.processes > 1 else PairedPolicy.process_pairs,
+        max_time=DEFAULT_PAIRED_BUDGET if default else policy.max_time,
+        floor_waves=FLOOR_WAVES if default else 0,
+        hard_cap=FLOOR_CAP * DEFAULT_PAIRED_BUDGET if default else math.inf,
+        extend=EXTEND if default else 1.0,
+        extend_cap=EXTEND_CAP * DEFAULT_PAIRED_BUDGET if default else math.inf,
+        max_letters=policy.max_rounds,
+        confidence=policy.confidence,
+        min_effect=cfg.min_effect,
+    )
 
 
 def time_paired(
@@ -58,19 +79,7 @@ def time_paired(
             f"perfreplay cannot compare with {baseline.rev}: the comparison runs in worker "
             f"processes, and {why_not_workers}"
         )
-    paired_policy = PairedPolicy(
-        process_pairs=cfg.processes if cfg.processes > 1 else PairedPolicy.process_pairs,
-        max_time=policy.max_time if cfg.max_time_explicit else DEFAULT_PAIRED_BUDGET,
-        # The default budget gives a long call at least FLOOR_WAVES waves; a budget the
-        # user set is kept as given.
-        floor_waves=0 if cfg.max_time_explicit else FLOOR_WAVES,
-        hard_cap=math.inf if cfg.max_time_explicit else FLOOR_CAP * DEFAULT_PAIRED_BUDGET,
-        extend=1.0 if cfg.max_time_explicit else EXTEND,
-        extend_cap=math.inf if cfg.max_time_explicit else EXTEND_CAP * DEFAULT_PAIRED_BUDGET,
-        max_letters=policy.max_rounds,
-        confidence=policy.confidence,
-        min_effect=cfg.min_effect,
-    )
+    paired_policy = paired_policy_for(cfg, policy)
 
     def on_look(process_pairs: int, pooled: PooledLogRatio, elapsed: float) -> None:
         if write is not None and elapsed >= 3.0:
