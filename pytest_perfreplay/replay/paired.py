@@ -303,11 +303,9 @@ def run_pairs(
                     extended = True
                 else:
                     budget_waves = budget_waves or wave
-                    outside = not (
-                        1 / (1 + policy.min_effect / 100)
-                        <= pooled.ratio
-                        <= 1 + policy.min_effect / 100
-                    )
+                    # The point estimate alone clears the band: a change too small to confirm yet.
+                    point = decide(pooled.ratio, pooled.ratio, policy.min_effect / 100)
+                    outside = point.significant
                     if not (
                         outside
                         and wave < policy.extend * budget_waves
