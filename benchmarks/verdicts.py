@@ -624,7 +624,28 @@ def summarize(trials_seen: Sequence[dict[str, Any]]) -> list[str]:
                 f"  process pairs' spread (robust SD of a comparison's log pair ratios, "
                 f"1.4826 x MAD): median {statistics.median(spreads):.2%} over {len(spreads)}"
             )
+        if slow == 0:
+            out.extend(first_look([t["pair_ratios"] for t in trials if t.get("pair_ratios")]))
     return out
+
+
+FIRST_LOOK = 8  # process pairs at the stopping rule's first look (after the second wave)
+
+
+def first_look(pair_ratios: Sequence[Sequence[float]]) -> list[str]:
+    """How often identical code's first FIRST_LOOK process pairs all fell on one side of
+    1.0, beside what chance gives when each pair is as likely to fall either side: the
+    pattern behind a false call at the first look."""
+    looked = [r[:FIRST_LOOK] for r in pair_ratios if len(r) >= FIRST_LOOK]
+    if not looked:
+        return []
+    one_side = sum(all(x > 1 for x in r) or all(x < 1 for x in r) for r in looked)
+    chance = len(looked) * 2 / 2**FIRST_LOOK
+    return [
+        f"  first look: the first {FIRST_LOOK} process pairs all on one side of 1.0 in "
+        f"{one_side} of {len(looked)}; chance alone (each pair as likely either side) "
+        f"expects {chance:.1f}"
+    ]
 
 
 def pair_spread(pair_ratios: Sequence[float]) -> float:

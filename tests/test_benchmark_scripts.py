@@ -94,6 +94,41 @@ def test_trials_with_a_paired_budget_count_in_rows_of_their_own(verdicts: Module
     assert lines[1].startswith("w100ms @120 s quiet, 2% slower: 2 comparisons, 2 significant")
 
 
+def test_first_look_counts_aa_comparisons_whose_first_pairs_all_lean_one_way(
+    verdicts: ModuleType,
+) -> None:
+    def trial(pair_ratios: list[float], slow: float = 0.0) -> dict[str, object]:
+        return {
+            "ratio": sorted(pair_ratios)[len(pair_ratios) // 2],
+            "low": 0.99,
+            "high": 1.01,
+            "significant": False,
+            "process_pairs": len(pair_ratios),
+            "pairs": 8 * len(pair_ratios),
+            "stop_reason": "decided: the interval sits inside the minimum-effect band",
+            "wall": 10.0,
+            "slow": slow,
+            "condition": "quiet",
+            "workload": "w10ms",
+            "pair_ratios": pair_ratios,
+        }
+
+    up = [1.01] * 8 + [0.98, 0.97]  # the first 8 all slower; later pairs do not count
+    down = [0.99] * 8
+    mixed = [1.01] * 7 + [0.99]
+    short = [1.01] * 6  # never reached the first look
+    aa = [trial(up), trial(down), trial(mixed), trial(short)]
+    assert verdicts.first_look([t["pair_ratios"] for t in aa]) == [
+        "  first look: the first 8 process pairs all on one side of 1.0 in 2 of 3; "
+        "chance alone (each pair as likely either side) expects 0.0"
+    ]
+    lines = verdicts.summarize(aa + [trial(up, slow=0.02)])
+    # Only A/A comparisons get the line: a real slowdown should lean one way.
+    assert lines[0].startswith("w10ms quiet, A/A: 4 comparisons")
+    assert lines[3].startswith("  first look:") and lines[4].startswith("w10ms quiet, 2% slower")
+    assert sum(line.startswith("  first look:") for line in lines) == 1
+
+
 def test_mean_interval_is_students_t_on_the_pairs_log_ratios(verdicts: ModuleType) -> None:
     logs = [-0.01, 0.01, 0.03, -0.03]
     ratio, low, high = verdicts.mean_interval([math.exp(x) for x in logs])
