@@ -134,7 +134,7 @@ def main() -> None:
         f"load average at start {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    hog = subprocess.Popen([sys.executable, "-c", HOG]) if args.hog else None
+    hog = subprocess.Popen([sys.executable, "-c", HOG, str(os.getpid())]) if args.hog else None
     results: dict[str, list[dict[str, float]]] = {"free": [], "pinned": []}
     started = time.perf_counter()
     try:

@@ -140,9 +140,11 @@ args = runner.parse_args()
 runner.bench_func(args.workload, getattr(work, args.workload), N[args.workload])
 """
 
+# Run as ``python -c HOG <pid of the benchmark>``: it stops once that process is gone, so a
+# benchmark killed by a signal (no clean-up runs) does not leave it running.
 HOG = """
-import time
-while True:
+import os, sys, time
+while os.getppid() == int(sys.argv[1]):
     end = time.perf_counter() + 2.0
     while time.perf_counter() < end:
         pass
@@ -270,7 +272,7 @@ def hog(on: bool) -> Iterator[None]:
     if not on:
         yield
         return
-    proc = subprocess.Popen([PY, "-c", HOG])
+    proc = subprocess.Popen([PY, "-c", HOG, str(os.getpid())])
     try:
         yield
     finally:

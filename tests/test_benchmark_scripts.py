@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -255,6 +256,51 @@ def test_trials_from_several_logs_count_together(
     assert "| w10ms | loaded | paired | 1/2 (50%" in out
     assert "| 1/1 (100%" in out and "| 0/1 (0%" in out and "| 1/2 | 11.0 |" in out
     assert "w10ms loaded, A/A: 2 comparisons, 1 significant" in out
+
+
+def test_the_hog_stops_when_the_benchmark_that_started_it_is_killed(
+    verdicts: ModuleType,
+) -> None:
+    import signal
+    import subprocess
+    import time
+
+    # A parent that starts the hog, says its pid, and waits to be killed (no cleanup runs).
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "import os\n"
+            f"hog = subprocess.Popen([sys.executable, '-c', {verdicts.HOG!r}, str(os.getpid())])\n"
+            "print(hog.pid, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    hog_pid = int(parent.stdout.readline())
+    os.kill(hog_pid, 0)  # running
+    time.sleep(1.0)  # into its busy spell, past the first look at its parent
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 15  # one busy and one idle spell is 3.3 s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(hog_pid, 0)
+        except ProcessLookupError:
+            return
+        # The hog is our grandchild: once it exits, a zombie can linger until reaped.
+        try:
+            with open(f"/proc/{hog_pid}/stat") as stat:
+                if stat.read().split(") ", 1)[1].startswith("Z"):
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.2)
+    os.kill(hog_pid, signal.SIGKILL)
+    raise AssertionError("the hog outlived the benchmark that started it")
 
 
 def test_pair_noise_quick_times_both_ways_and_prints_their_ratio() -> None:
