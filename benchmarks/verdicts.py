@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_perfreplay.replay.paired import DEFAULT_PROCESS_PAIRS, MIN_WAVES
 from pytest_perfreplay.replay.pairstats import decide
 from pytest_perfreplay.replay.stats import compare
 
@@ -610,7 +611,8 @@ def summarize(trials_seen: Sequence[dict[str, Any]]) -> list[str]:
             f"above 1.0 in {above} of {len(trials)} (sign test p {sign_p:.2g}); "
             f"interval half-width median {half:.2%}; {len(trials) - budget} decided,"
             f" {budget} on the budget; {min(pp)}-{max(pp)} process pairs; wall median "
-            f"{statistics.median(t['wall'] for t in trials):.1f} s"
+            f"{statistics.median(t['wall'] for t in trials):.1f} s, longest "
+            f"{max(t['wall'] for t in trials):.1f} s"
         )
         means = [mean_interval(t["pair_ratios"]) for t in trials if t.get("pair_ratios")]
         if means:
@@ -631,7 +633,7 @@ def summarize(trials_seen: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-FIRST_LOOK = 8  # process pairs at the stopping rule's first look (after the second wave)
+FIRST_LOOK = MIN_WAVES * DEFAULT_PROCESS_PAIRS  # process pairs at the stopping rule's first look
 
 
 def first_look(pair_ratios: Sequence[Sequence[float]]) -> list[str]:

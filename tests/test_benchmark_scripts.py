@@ -61,7 +61,7 @@ def test_trial_summary_reports_lean_by_mean_and_by_sign(verdicts: ModuleType) ->
     assert aa.startswith("loaded, A/A: 4 comparisons, 0 significant")
     assert f"geometric mean {mean:.4f}" in aa
     assert "above 1.0 in 3 of 4 (sign test p 0.62)" in aa
-    assert "4 on the budget; 16-16 process pairs; wall median 50.0 s" in aa
+    assert "4 on the budget; 16-16 process pairs; wall median 50.0 s, longest 50.0 s" in aa
     assert slower.startswith("loaded, 5% slower: 1 comparisons")
 
 
