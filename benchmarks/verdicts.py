@@ -645,10 +645,19 @@ def first_look(pair_ratios: Sequence[Sequence[float]]) -> list[str]:
         return []
     one_side = sum(all(x > 1 for x in r) or all(x < 1 for x in r) for r in looked)
     chance = len(looked) * 2 / 2**FIRST_LOOK
+    # Over a whole comparison, chance shrinks as pairs are added: a comparison of 16 pairs
+    # all one way happens 2 times in 65536, so more than chance means the whole session
+    # shifted, which no number of process pairs inside it averages away.
+    whole = [r for r in pair_ratios if len(r) >= FIRST_LOOK]
+    shifted = [r for r in whole if all(x > 1 for x in r) or all(x < 1 for x in r)]
+    shown = ", ".join(f"{len(r)} pairs {'slower' if r[0] > 1 else 'faster'}" for r in shifted)
     return [
         f"  first look: the first {FIRST_LOOK} process pairs all on one side of 1.0 in "
         f"{one_side} of {len(looked)}; chance alone (each pair as likely either side) "
-        f"expects {chance:.1f}"
+        f"expects {chance:.1f}",
+        f"  whole comparison: every process pair on one side of 1.0 in {len(shifted)} of "
+        f"{len(whole)}{f' ({shown})' if shown else ''}; chance alone expects "
+        f"{sum(2 / 2 ** len(r) for r in whole):.2f}",
     ]
 
 

@@ -95,7 +95,7 @@ def test_trials_with_a_paired_budget_count_in_rows_of_their_own(verdicts: Module
     assert lines[1].startswith("w100ms @120 s quiet, 2% slower: 2 comparisons, 2 significant")
 
 
-def test_first_look_counts_aa_comparisons_whose_first_pairs_all_lean_one_way(
+def test_first_look_and_whole_comparison_count_aa_pairs_that_all_lean_one_way(
     verdicts: ModuleType,
 ) -> None:
     def trial(pair_ratios: list[float], slow: float = 0.0) -> dict[str, object]:
@@ -118,16 +118,21 @@ def test_first_look_counts_aa_comparisons_whose_first_pairs_all_lean_one_way(
     down = [0.99] * 8
     mixed = [1.01] * 7 + [0.99]
     short = [1.01] * 6  # never reached the first look
-    aa = [trial(up), trial(down), trial(mixed), trial(short)]
+    shifted = [1.02] * 16  # a whole session's shift: 2 in 65536 by chance
+    aa = [trial(up), trial(down), trial(mixed), trial(short), trial(shifted)]
     assert verdicts.first_look([t["pair_ratios"] for t in aa]) == [
-        "  first look: the first 8 process pairs all on one side of 1.0 in 2 of 3; "
-        "chance alone (each pair as likely either side) expects 0.0"
+        "  first look: the first 8 process pairs all on one side of 1.0 in 3 of 4; "
+        "chance alone (each pair as likely either side) expects 0.0",
+        # up turned mixed after its first look; the chance sums 2/2**n over the four.
+        "  whole comparison: every process pair on one side of 1.0 in 2 of 4 "
+        "(8 pairs faster, 16 pairs slower); chance alone expects 0.02",
     ]
     lines = verdicts.summarize(aa + [trial(up, slow=0.02)])
-    # Only A/A comparisons get the line: a real slowdown should lean one way.
-    assert lines[0].startswith("w10ms quiet, A/A: 4 comparisons")
-    assert lines[3].startswith("  first look:") and lines[4].startswith("w10ms quiet, 2% slower")
-    assert sum(line.startswith("  first look:") for line in lines) == 1
+    # Only A/A comparisons get the lines: a real slowdown should lean one way.
+    assert lines[0].startswith("w10ms quiet, A/A: 5 comparisons")
+    assert lines[3].startswith("  first look:") and lines[4].startswith("  whole comparison:")
+    assert lines[5].startswith("w10ms quiet, 2% slower")
+    assert sum(line.startswith(("  first look:", "  whole")) for line in lines) == 2
 
 
 def test_mean_interval_is_students_t_on_the_pairs_log_ratios(verdicts: ModuleType) -> None:
