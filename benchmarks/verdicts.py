@@ -639,7 +639,7 @@ FIRST_LOOK = MIN_WAVES * DEFAULT_PROCESS_PAIRS  # process pairs at the stopping 
 def first_look(pair_ratios: Sequence[Sequence[float]]) -> list[str]:
     """How often identical code's first FIRST_LOOK process pairs all fell on one side of
     1.0, beside what chance gives when each pair is as likely to fall either side: the
-    pattern behind a false call at the first look."""
+    pattern behind a false call at the first look. Then the same over whole comparisons."""
     looked = [r[:FIRST_LOOK] for r in pair_ratios if len(r) >= FIRST_LOOK]
     if not looked:
         return []
