@@ -636,20 +636,25 @@ def summarize(trials_seen: Sequence[dict[str, Any]]) -> list[str]:
 FIRST_LOOK = MIN_WAVES * DEFAULT_PROCESS_PAIRS  # process pairs at the stopping rule's first look
 
 
+def one_way(ratios: Sequence[float]) -> bool:
+    """Every ratio on the same side of 1.0."""
+    return all(x > 1 for x in ratios) or all(x < 1 for x in ratios)
+
+
 def first_look(pair_ratios: Sequence[Sequence[float]]) -> list[str]:
     """How often identical code's first FIRST_LOOK process pairs all fell on one side of
     1.0, beside what chance gives when each pair is as likely to fall either side: the
     pattern behind a false call at the first look. Then the same over whole comparisons."""
-    looked = [r[:FIRST_LOOK] for r in pair_ratios if len(r) >= FIRST_LOOK]
-    if not looked:
+    whole = [r for r in pair_ratios if len(r) >= FIRST_LOOK]
+    if not whole:
         return []
-    one_side = sum(all(x > 1 for x in r) or all(x < 1 for x in r) for r in looked)
+    looked = [r[:FIRST_LOOK] for r in whole]
+    one_side = sum(map(one_way, looked))
     chance = len(looked) * 2 / 2**FIRST_LOOK
     # Over a whole comparison, chance shrinks as pairs are added: a comparison of 16 pairs
     # all one way happens 2 times in 65536, so more than chance means the whole session
     # shifted, which no number of process pairs inside it averages away.
-    whole = [r for r in pair_ratios if len(r) >= FIRST_LOOK]
-    shifted = [r for r in whole if all(x > 1 for x in r) or all(x < 1 for x in r)]
+    shifted = [r for r in whole if one_way(r)]
     shown = ", ".join(f"{len(r)} pairs {'slower' if r[0] > 1 else 'faster'}" for r in shifted)
     return [
         f"  first look: the first {FIRST_LOOK} process pairs all on one side of 1.0 in "
