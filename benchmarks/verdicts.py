@@ -629,8 +629,21 @@ def summarize(trials_seen: Sequence[dict[str, Any]]) -> list[str]:
                 f"1.4826 x MAD): median {statistics.median(spreads):.2%} over {len(spreads)}"
             )
         if slow == 0:
+            out.append(coverage(trials))
             out.extend(first_look([t["pair_ratios"] for t in trials if t.get("pair_ratios")]))
     return out
+
+
+def coverage(trials: Sequence[dict[str, Any]]) -> str:
+    """How often identical code's 95% interval left out 1.0, the true ratio: about 5% if
+    the interval is as wide as the noise says. The verdict itself needs the interval clear
+    of the minimum-effect band, so it calls far fewer; this checks the interval."""
+    above = sum(t["low"] > 1 for t in trials)
+    below = sum(t["high"] < 1 for t in trials)
+    return (
+        f"  interval check: the 95% interval left out 1.0 in {rate(above + below, len(trials))}"
+        f" ({above} above, {below} below); a calibrated one does about 5% of the time"
+    )
 
 
 FIRST_LOOK = MIN_WAVES * DEFAULT_PROCESS_PAIRS  # process pairs at the stopping rule's first look

@@ -56,7 +56,10 @@ def test_trial_summary_reports_lean_by_mean_and_by_sign(verdicts: ModuleType) ->
         return "paired trial " + json.dumps(trial)
 
     lines = [line(r) for r in (1.01, 1.02, 0.99, 1.03)] + ["noise", line(1.05, 0.05)]
-    aa, slower = verdicts.summarize_trials(lines)
+    summary = verdicts.summarize_trials(lines)
+    aa, slower = [line for line in summary if not line.startswith("  ")]
+    # Only 1.03's interval, [1.01-1.05], leaves out 1.0 (1.02's starts at 1.0).
+    assert "  interval check: the 95% interval left out 1.0 in 1/4 (25%, [5%-70%])" in summary[1]
     mean = math.exp(sum(math.log(r) for r in (1.01, 1.02, 0.99, 1.03)) / 4)
     assert aa.startswith("loaded, A/A: 4 comparisons, 0 significant")
     assert f"geometric mean {mean:.4f}" in aa
@@ -130,9 +133,25 @@ def test_first_look_and_whole_comparison_count_aa_pairs_that_all_lean_one_way(
     lines = verdicts.summarize(aa + [trial(up, slow=0.02)])
     # Only A/A comparisons get the lines: a real slowdown should lean one way.
     assert lines[0].startswith("w10ms quiet, A/A: 5 comparisons")
-    assert lines[3].startswith("  first look:") and lines[4].startswith("  whole comparison:")
-    assert lines[5].startswith("w10ms quiet, 2% slower")
-    assert sum(line.startswith(("  first look:", "  whole")) for line in lines) == 2
+    assert lines[3].startswith("  interval check:")
+    assert lines[4].startswith("  first look:") and lines[5].startswith("  whole comparison:")
+    assert lines[6].startswith("w10ms quiet, 2% slower")
+    assert sum(line.startswith(("  first look:", "  whole", "  interval")) for line in lines) == 3
+
+
+def test_interval_check_counts_aa_intervals_that_leave_out_one(verdicts: ModuleType) -> None:
+    def trial(low: float, high: float, slow: float = 0.0) -> dict[str, object]:
+        return {"low": low, "high": high, "slow": slow}
+
+    aa = [trial(1.002, 1.03), trial(0.97, 0.999), trial(0.98, 1.02), trial(0.99, 1.0)]
+    # Touching 1.0 is not leaving it out.
+    assert verdicts.coverage(aa) == (
+        "  interval check: the 95% interval left out 1.0 in 2/4 (50%, [15%-85%]) "
+        "(1 above, 1 below); a calibrated one does about 5% of the time"
+    )
+    assert verdicts.coverage([trial(0.99, 1.01)] * 20).startswith(
+        "  interval check: the 95% interval left out 1.0 in 0/20 (0%, [0%-16%])"
+    )
 
 
 def test_mean_interval_is_students_t_on_the_pairs_log_ratios(verdicts: ModuleType) -> None:
@@ -206,7 +225,7 @@ def test_trial_summary_splits_by_workload_and_reads_older_logs(verdicts: ModuleT
     # Older logs name the workload only in the header that closes its cell.
     lines = [line(1.01, None), line(0.99, None), "", "## after w1ms loaded (10 s; load 3)"]
     lines += [line(1.02, "w10ms"), "## after w10ms loaded (10 s; load 3)"]
-    first, second = verdicts.summarize_trials(lines)
+    first, second = [line for line in verdicts.summarize_trials(lines) if line[0] != " "]
     assert first.startswith("w10ms loaded, A/A: 1 comparisons")
     assert second.startswith("w1ms loaded, A/A: 2 comparisons")
 
