@@ -225,7 +225,7 @@ def test_trial_summary_splits_by_workload_and_reads_older_logs(verdicts: ModuleT
     # Older logs name the workload only in the header that closes its cell.
     lines = [line(1.01, None), line(0.99, None), "", "## after w1ms loaded (10 s; load 3)"]
     lines += [line(1.02, "w10ms"), "## after w10ms loaded (10 s; load 3)"]
-    first, second = [line for line in verdicts.summarize_trials(lines) if line[0] != " "]
+    first, second = [line for line in verdicts.summarize_trials(lines) if not line.startswith("  ")]
     assert first.startswith("w10ms loaded, A/A: 1 comparisons")
     assert second.startswith("w1ms loaded, A/A: 2 comparisons")
 
